@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.test_mobilenode -*-
+"""The mobile node's registration engine (RFC 5944 section 3.6), sans I/O.
+
+The engine sends through an injected ``send(data)`` callable (the adapter
+writes it to the home agent's address) and learns of replies through
+:meth:`MobileNode.datagram_received`.  Time and timers come from an injected
+``IReactorTime``, so tests run on ``task.Clock``.
+
+Behaviour:
+
+- every transmission is a new request with a fresh timestamp identification
+  (NTP format, corrected by the offset learnt from a 133 reply);
+- retransmission with exponential backoff from ``retransmit_initial`` up to
+  ``retransmit_max`` while no valid reply arrives;
+- re-registration after ``reregister_margin`` of the granted lifetime;
+- a 133 reply (signed by the home agent) resynchronises the clock offset and
+  the request is sent again at once;
+- a reply is only acted upon if it matches an outstanding request and its
+  MN-HA authenticator is valid; replies carrying an unrecognised
+  non-skippable extension are discarded (RFC 5944 section 1.9);
+- :meth:`deregister` removes every binding (care-of address = home address,
+  lifetime 0) and fires its Deferred when the reply comes or tries run out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from smobility.wire import WireError, mip
+from smobility.wire.ntp import ntp_seconds, to_ntp
+
+
+class State(Enum):
+    """Where the node's registration stands."""
+
+    UNREGISTERED = "unregistered"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    REFUSED = "refused"
+    DEREGISTERING = "deregistering"
+    AT_HOME = "at-home"
+
+
+@dataclass(frozen=True)
+class MobileNodeSettings:
+    """The mobile node's identity, keys and timers."""
+
+    name: str
+    home_address: IPv4Address
+    home_agent: IPv4Address
+    spi: int
+    key: bytes
+    algorithm: str = "hmac-md5"
+    lifetime: int = 600
+    retransmit_initial: float = 1.0
+    retransmit_max: float = 32.0
+    max_attempts: int = 0
+    reregister_margin: float = 0.8
+    udp_tunnel: str = "auto"
+    nai: str | None = None
+    reverse_tunnel: bool = True
+
+    def __repr__(self) -> str:
+        return (
+            f"MobileNodeSettings(name={self.name!r}, home_address={self.home_address}, "
+            f"home_agent={self.home_agent}, spi={self.spi})"
+        )
+
+
+StatusListener = Callable[["MobileNode"], None]
+
+
+class MobileNode:
+    """Registration state machine of one mobile node."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: MobileNodeSettings,
+        *,
+        clock: IReactorTime,
+        send: Callable[[bytes], None],
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._send = send
+        self.state = State.UNREGISTERED
+        self.care_of: IPv4Address | None = None
+        self.clock_offset = 0.0
+        self.counters: Counter[str] = Counter()
+        self.last_code: int | None = None
+        self.last_unverified_code: int | None = None
+        self.registered_until: float | None = None
+        self.granted_lifetime = 0
+        self.nat = False
+        self.keepalive = 0
+        self.attempts = 0
+        self.events: list[dict[str, Any]] = []
+        self._outstanding: dict[int, tuple[int, float]] = {}  # low 32 bits -> (ident, sent)
+        self._interval = settings.retransmit_initial
+        self._timer: IDelayedCall | None = None
+        self._deregistered: Deferred[bool] | None = None
+        self._listeners: list[StatusListener] = []
+        self._last_ident = 0
+
+    # -- public -----------------------------------------------------------
+
+    def add_listener(self, listener: StatusListener) -> None:
+        """Call ``listener(node)`` after every state change."""
+        self._listeners.append(listener)
+
+    def register(self, care_of: IPv4Address) -> None:
+        """(Re-)register ``care_of`` now; a new address restarts the exchange."""
+        if care_of == self.settings.home_address:
+            self.go_home()
+            return
+        changed = care_of != self.care_of
+        self.care_of = care_of
+        self._event("care-of", address=str(care_of), changed=changed)
+        self._start(State.REGISTERING)
+
+    def go_home(self) -> None:
+        """The node is on its home network: remove every binding."""
+        self.care_of = self.settings.home_address
+        self._start(State.DEREGISTERING)
+
+    def deregister(self) -> Deferred[bool]:
+        """Remove every binding; fires True when the home agent confirmed it."""
+        d: Deferred[bool] = Deferred()
+        if self.care_of is None or self.state is State.AT_HOME:
+            d.callback(True)
+            return d
+        self._deregistered = d
+        self._start(State.DEREGISTERING)
+        return d
+
+    def stop(self) -> None:
+        """Cancel every timer."""
+        self._cancel()
+
+    def status(self) -> dict[str, Any]:
+        """The state as plain data (for the log, the status file and ctl)."""
+        now = self.clock.seconds()
+        return {
+            "node": self.settings.name,
+            "state": self.state.value,
+            "home_address": str(self.settings.home_address),
+            "home_agent": str(self.settings.home_agent),
+            "care_of_address": str(self.care_of) if self.care_of else None,
+            "registered_until": self.registered_until,
+            "remaining": (max(0.0, self.registered_until - now) if self.registered_until else None),
+            "lifetime": self.granted_lifetime,
+            "code": self.last_code,
+            "code_meaning": (
+                mip.REPLY_CODE_NAMES.get(self.last_code) if self.last_code is not None else None
+            ),
+            "unverified_code": self.last_unverified_code,
+            "nat": self.nat,
+            "keepalive": self.keepalive,
+            "clock_offset": self.clock_offset,
+            "counters": dict(self.counters),
+        }
+
+    # -- sending ----------------------------------------------------------
+
+    def _start(self, state: State) -> None:
+        self._cancel()
+        self._outstanding.clear()
+        self._interval = self.settings.retransmit_initial
+        self.attempts = 0
+        self._set_state(state)
+        self._transmit()
+
+    def _identification(self) -> int:
+        ident = to_ntp(self.clock.seconds() + self.clock_offset)
+        # Strictly increasing, even if the clock stands still or steps back.
+        if ident <= self._last_ident:
+            ident = self._last_ident + 1
+        self._last_ident = ident
+        return ident
+
+    def _build(self) -> bytes:
+        s = self.settings
+        deregistering = self.state is State.DEREGISTERING
+        coa = s.home_address if deregistering else self.care_of
+        assert coa is not None
+        flags = mip.FLAG_D
+        if s.reverse_tunnel and not deregistering:
+            flags |= mip.FLAG_T
+        exts: list[mip.Extension] = []
+        if s.nai:
+            exts.append(mip.NAIExtension(s.nai.encode()))
+        if s.udp_tunnel != "off" and not deregistering:
+            exts.append(mip.UDPTunnelRequest(encapsulation=4, force=s.udp_tunnel == "force"))
+        ident = self._identification()
+        req = mip.RegistrationRequest(
+            flags=flags,
+            lifetime=0 if deregistering else s.lifetime,
+            home_address=s.home_address,
+            home_agent=s.home_agent,
+            care_of_address=coa,
+            identification=ident,
+            extensions=tuple(exts),
+        )
+        self._outstanding[ident & 0xFFFFFFFF] = (ident, self.clock.seconds())
+        return mip.append_authenticator(mip.encode(req), mip.EXT_MN_HA, s.spi, s.key, s.algorithm)
+
+    def _transmit(self) -> None:
+        self._timer = None
+        s = self.settings
+        if s.max_attempts and self.attempts >= s.max_attempts:
+            self.log.warn(
+                "no valid reply from home agent {ha} after {n} attempt(s)",
+                ha=s.home_agent,
+                n=self.attempts,
+            )
+            if self.state is State.DEREGISTERING:
+                self._finish_deregistration(False)
+            else:
+                self._set_state(State.UNREGISTERED)
+                self._timer = self.clock.callLater(s.retransmit_max, self._restart)
+            return
+        self.attempts += 1
+        data = self._build()
+        self.counters["requests_sent"] += 1
+        if self.attempts > 1:
+            self.counters["retransmissions"] += 1
+        self._event(
+            "request",
+            attempt=self.attempts,
+            lifetime=0 if self.state is State.DEREGISTERING else s.lifetime,
+        )
+        self.log.info(
+            "{what} sent to {ha} coa={coa} attempt={n}",
+            what="deregistration" if self.state is State.DEREGISTERING else "registration request",
+            ha=s.home_agent,
+            coa=self.care_of,
+            n=self.attempts,
+        )
+        self._send(data)
+        self._timer = self.clock.callLater(self._interval, self._transmit)
+        self._interval = min(self._interval * 2, s.retransmit_max)
+
+    def _restart(self) -> None:
+        self._timer = None
+        if self.care_of is not None and self.care_of != self.settings.home_address:
+            self._start(State.REGISTERING)
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- receiving --------------------------------------------------------
+
+    def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+        """A datagram arrived on the registration socket."""
+        self.counters["replies_received"] += 1
+        try:
+            msg = mip.decode(data)
+        except WireError as e:
+            self.counters["dropped_malformed"] += 1
+            self.log.warn("dropped a malformed reply from {host}: {why}", host=source[0], why=e)
+            return
+        if not isinstance(msg, mip.RegistrationReply):
+            self.counters["dropped_unexpected"] += 1
+            self.log.warn(
+                "dropped a registration request sent to a mobile node from {host}", host=source[0]
+            )
+            return
+        s = self.settings
+        pending = self._outstanding.get(msg.identification & 0xFFFFFFFF)
+        if msg.home_address != s.home_address or pending is None:
+            self.counters["dropped_unmatched"] += 1
+            self.log.warn(
+                "dropped a reply from {host} that matches no outstanding request", host=source[0]
+            )
+            return
+        mnha = mip.find_auth(msg.extensions, mip.EXT_MN_HA)
+        ok = False
+        if mnha is not None:
+            ext = msg.extensions[mnha]
+            assert isinstance(ext, mip.AuthExtension)
+            ok = ext.spi == s.spi and mip.verify_authenticator(msg, mnha, s.key, s.algorithm)
+        if not ok:
+            self.counters["dropped_unauthenticated"] += 1
+            self.last_unverified_code = msg.code
+            self.log.warn(
+                "ignored an unauthenticated reply from {host} with code {code} ({meaning})",
+                host=source[0],
+                code=msg.code,
+                meaning=mip.REPLY_CODE_NAMES.get(msg.code, "?"),
+            )
+            self._notify()
+            return
+        unknown = mip.unknown_nonskippable(msg.extensions)
+        if unknown is not None:
+            self.counters["dropped_unknown_extension"] += 1
+            self.log.warn(
+                "discarded a reply with unrecognised non-skippable extension {t}", t=unknown
+            )
+            return
+        self._handle_reply(msg, pending)
+
+    def _handle_reply(self, msg: mip.RegistrationReply, pending: tuple[int, float]) -> None:
+        s = self.settings
+        now = self.clock.seconds()
+        self.last_code = msg.code
+        self.last_unverified_code = None
+        rtt_ms = (now - pending[1]) * 1000
+        self._event("reply", code=msg.code, lifetime=msg.lifetime, rtt_ms=round(rtt_ms, 1))
+        if msg.code == mip.CODE_HA_ID_MISMATCH:
+            # Resynchronise: the home agent's seconds are in the high 32 bits.
+            ours = ntp_seconds(to_ntp(now + self.clock_offset))
+            theirs = ntp_seconds(msg.identification)
+            self.clock_offset += theirs - ours
+            self.counters["resyncs"] += 1
+            self.log.info(
+                "home agent clock differs: offset now {offset:+.0f} s, sending again",
+                offset=self.clock_offset,
+            )
+            state = self.state
+            self._start(state if state is not State.REFUSED else State.REGISTERING)
+            return
+        self._cancel()
+        self._outstanding.clear()
+        if self.state is State.DEREGISTERING:
+            if msg.accepted:
+                self.registered_until = None
+                self.granted_lifetime = 0
+                self.log.info(
+                    "deregistered from {ha} (code {code})", ha=s.home_agent, code=msg.code
+                )
+                at_home = self.care_of == s.home_address
+                self._set_state(State.AT_HOME if at_home else State.UNREGISTERED)
+                self._finish_deregistration(True)
+            else:
+                self.log.warn("deregistration refused with code {code}", code=msg.code)
+                self._set_state(State.REFUSED)
+                self._finish_deregistration(False)
+            return
+        if msg.accepted:
+            self.granted_lifetime = msg.lifetime
+            self.registered_until = now + msg.lifetime
+            utrp_i = mip.find_extension(msg.extensions, mip.UDPTunnelReply)
+            self.nat = False
+            self.keepalive = 0
+            if utrp_i is not None:
+                utrp = msg.extensions[utrp_i]
+                assert isinstance(utrp, mip.UDPTunnelReply)
+                self.nat = utrp.code == 0
+                self.keepalive = utrp.keepalive
+            self.log.info(
+                "registered coa={coa} lifetime={lifetime} code={code} ({meaning}){nat}",
+                coa=self.care_of,
+                lifetime=msg.lifetime,
+                code=msg.code,
+                meaning=mip.REPLY_CODE_NAMES.get(msg.code, "?"),
+                nat=" via UDP tunnelling (NAT)" if self.nat else "",
+            )
+            self._set_state(State.REGISTERED)
+            if msg.lifetime > 0:
+                delay = max(1.0, msg.lifetime * s.reregister_margin)
+                self._timer = self.clock.callLater(delay, self._reregister)
+            return
+        self.registered_until = None
+        self.log.warn(
+            "registration refused with code {code} ({meaning}); retrying in {delay:g} s",
+            code=msg.code,
+            meaning=mip.REPLY_CODE_NAMES.get(msg.code, "?"),
+            delay=s.retransmit_max,
+        )
+        self._set_state(State.REFUSED)
+        self._timer = self.clock.callLater(s.retransmit_max, self._restart)
+
+    def _reregister(self) -> None:
+        self._timer = None
+        self._start(State.REGISTERING)
+
+    def _finish_deregistration(self, ok: bool) -> None:
+        d, self._deregistered = self._deregistered, None
+        if d is not None and not d.called:
+            d.callback(ok)
+
+    # -- events -----------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        if state is not self.state:
+            self._event("state", state=state.value)
+        self.state = state
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener(self)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.events.append({"t": self.clock.seconds(), "event": kind, **fields})
+        del self.events[:-200]

@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.test_services -*-
+"""``twistd smobility-home``: the home agent.
+
+It serves Mobile IPv4 registrations on UDP (port 434 by default), keeps its
+bindings in the SQLite state database (reloaded at start, expired ones
+dropped) and, when configured, offers the manhole admin console over SSH on
+loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from smobility.adapters.manhole import ManholeError, make_manhole_service
+from smobility.adapters.udp import HomeAgentProtocol
+from smobility.config import HomeConfig, load_home
+from smobility.engines.homeagent import HomeAgent, MobileNodeEntry
+from smobility.services.common import ConfigOptions, log_warnings
+from smobility.store.sqlite import SQLiteStore, StoreError
+
+
+class Options(ConfigOptions):
+    """Options of ``twistd smobility-home``."""
+
+    synopsis = "--config FILE"
+    longdesc = (
+        "Home agent: authenticates Mobile IPv4 registrations (RFC 5944) from roaming "
+        "clients, keeps their bindings (permanent address -> care-of address) in its "
+        "SQLite state and answers on UDP port 434 by default.  Example configuration: "
+        "etc/home.toml (every key is explained in doc/configuration.md)."
+    )
+    role: ClassVar[str] = "home agent"
+    example: ClassVar[str] = "etc/home.toml"
+
+    def load(self, path: str) -> Any:
+        return load_home(path)
+
+    def postOptions(self) -> None:  # noqa: N802
+        super().postOptions()
+        cfg: HomeConfig = self.config
+        # Open the state database now, so that a bad path is a usage error
+        # (one sentence) rather than a traceback from inside the reactor.
+        try:
+            SQLiteStore(cfg.state_db).close()
+        except StoreError as e:
+            raise usage.UsageError(f"{cfg.path}: home.state_db: {e}") from None
+
+
+def node_entries(cfg: HomeConfig) -> list[MobileNodeEntry]:
+    """The engine's view of the configured mobile nodes."""
+    return [
+        MobileNodeEntry(
+            name=n.name,
+            home_address=n.home_address,
+            spi=n.auth.spi,
+            key=n.auth.key,
+            algorithm=n.auth.algorithm,
+            max_lifetime=n.max_lifetime,
+            simultaneous_bindings=n.simultaneous_bindings,
+            nai=n.nai,
+        )
+        for n in cfg.mobile_nodes
+    ]
+
+
+class HomeAgentService(service.MultiService):
+    """The home agent: registration socket, engine, state and admin console."""
+
+    log = Logger()
+
+    def __init__(self, cfg: HomeConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.cfg = cfg
+        self.reactor = reactor
+        self.store: SQLiteStore | None = None
+        self.engine: HomeAgent | None = None
+        self.port: IListeningPort | None = None
+
+    def _open(self) -> HomeAgent:
+        if self.engine is None:
+            cfg = self.cfg
+            self.store = SQLiteStore(cfg.state_db)
+            self.engine = HomeAgent(
+                addresses=cfg.addresses,
+                home_network=cfg.home_network,
+                nodes=node_entries(cfg),
+                store=self.store,
+                clock=self.reactor,
+                replay_window=cfg.replay_window,
+            )
+            if cfg.manhole is not None:
+                self._add_manhole(self.engine)
+        return self.engine
+
+    def _add_manhole(self, engine: HomeAgent) -> None:
+        m = self.cfg.manhole
+        assert m is not None
+        namespace: dict[str, object] = {
+            "home": engine,
+            "bindings": engine.bindings,
+            "nodes": engine.nodes,
+            "counters": engine.counters,
+            "service": self,
+        }
+        try:
+            console = make_manhole_service(
+                listen=m.listen,
+                port=m.port,
+                authorized_keys=m.authorized_keys,
+                host_key=m.host_key,
+                namespace=namespace,
+                reactor=self.reactor,
+            )
+        except ManholeError as e:
+            self.log.warn("admin console not started: {why}", why=str(e))
+            return
+        console.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:  # noqa: N802
+        """Bind the registration port (434 needs root) before privileges drop."""
+        log_warnings(self.cfg.warnings)
+        engine = self._open()
+        cfg = self.cfg
+        try:
+            self.port = self.reactor.listenUDP(
+                cfg.port, HomeAgentProtocol(engine), interface=cfg.listen
+            )
+        except CannotListenError as e:
+            raise SystemExit(
+                f"smobility-home: cannot listen on UDP {cfg.listen}:{cfg.port} "
+                f"({e.socketError}); is another home agent running, or is root "
+                f"needed for a port below 1024?"
+            ) from None
+        self.log.info(
+            "home agent listening on UDP {listen}:{port} for {n} mobile node(s), "
+            "home network {net}, {b} binding(s) restored",
+            listen=cfg.listen,
+            port=cfg.port,
+            n=len(cfg.mobile_nodes),
+            net=cfg.home_network,
+            b=engine.binding_count(),
+        )
+        super().privilegedStartService()
+
+    def startService(self) -> None:  # noqa: N802
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        d: Deferred[Any] = maybeDeferred(super().stopService)
+        port, self.port = self.port, None
+        if port is not None:
+            d.addCallback(lambda _: port.stopListening())
+
+        def closed(_: object) -> None:
+            if self.engine is not None:
+                self.engine.stop()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            self.engine = None
+            self.log.info("home agent stopped")
+
+        return d.addCallback(closed)
+
+
+def makeService(options: Options, reactor: Any = None) -> HomeAgentService:  # noqa: N802
+    """Build the home agent service from parsed options."""
+    return HomeAgentService(options.config, reactor=reactor)

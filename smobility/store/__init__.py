@@ -1,0 +1,1 @@
+"""The home server's embedded state (SQLite): bindings, replay state."""
