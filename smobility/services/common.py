@@ -50,4 +50,4 @@ class ConfigOptions(usage.Options):
 def log_warnings(warnings: tuple[str, ...]) -> None:
     """Log the configuration loader's warnings, one line each."""
     for warning in warnings:
-        log.warn("configuration: {warning}", warning=warning)
+        log.warn("configuration: {text}", text=warning)

@@ -1,0 +1,973 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Load and validate smobility's configuration: one TOML file per role.
+
+Each role has one loader (L{load_home}, L{load_client}, L{load_relay},
+L{load_mux}) that reads the file with C{tomllib}, checks every key and
+returns a frozen dataclass.  Anything wrong raises L{ConfigError}, whose text
+is one sentence naming the file, the key, what is wrong and what is expected.
+Things that are allowed but unwise (a key written inline, a key file that
+group or other may read) do not stop the load: they are collected in the
+C{warnings} tuple of the returned configuration for the service to log.
+
+Key material never appears in an error, a warning or a C{repr}.  Relative
+paths are resolved against the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import hmac
+import ipaddress
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthKey",
+    "ClientConfig",
+    "ConfigError",
+    "HomeConfig",
+    "ManholeConfig",
+    "MobileNodeConfig",
+    "MuxConfig",
+    "RelayConfig",
+    "load_client",
+    "load_home",
+    "load_mux",
+    "load_relay",
+]
+
+ALGORITHMS: tuple[str, ...] = ("hmac-md5", "hmac-sha256")
+"""Authentication algorithms a security association may name; the first is
+the default (RFC 5944 requires every implementation to support it)."""
+
+MIN_SPI = 256
+"""Smallest SPI a configuration may use: RFC 5944 reserves 0-255."""
+
+MAX_SPI = 0xFFFFFFFF
+"""Largest SPI (the field is 32 bits)."""
+
+MIN_KEY_BYTES = 16
+"""Shortest accepted authentication key, in bytes."""
+
+MAX_KEY_BYTES = 64
+"""Longest accepted authentication key, in bytes."""
+
+# A key file holds at most 64 bytes as hex plus some whitespace; anything
+# much bigger is the wrong file (and we do not want to slurp /dev/zero).
+_MAX_KEY_FILE_BYTES = 4096
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# RFC 7542 (which updates RFC 2794's NAI): user "@" realm, ASCII subset.
+_NAI_RE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@" + _LABEL + r"(?:\." + _LABEL + r")*"
+)
+# The NAI extension's length is one byte.
+_MAX_NAI = 253
+# The documented defaults bind to all interfaces, as a UDP service does.
+_ANY_IPV4 = "0.0.0.0"  # noqa: S104
+_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+_TOML_POS_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+_SPI_EXPECTED = (
+    f"an integer from {MIN_SPI} to {MAX_SPI} (SPIs 0-255 are reserved by RFC 5944)"
+)
+_PORT_EXPECTED = "an integer from 1 to 65535"
+_LIFETIME_EXPECTED = "an integer number of seconds from 1 to 65535"
+_IPV4_EXPECTED = 'an IPv4 address such as "192.0.2.1"'
+_IPV4_LISTEN_EXPECTED = 'an IPv4 address to bind to, such as "0.0.0.0" or "127.0.0.1"'
+_IP_LISTEN_EXPECTED = 'an IP address to bind to, such as "0.0.0.0", "::" or "127.0.0.1"'
+_PATH_EXPECTED = "a file path (relative paths are resolved against the config file's directory)"
+_NAME_EXPECTED = "1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-'"
+_NAI_EXPECTED = (
+    f'a network access identifier such as "laptop@example.org" (at most {_MAX_NAI} characters)'
+)
+_KEY_EXPECTED = (
+    f"hex text encoding {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes "
+    "(digits 0-9 and a-f, two per byte, whitespace ignored)"
+)
+
+
+class ConfigError(Exception):
+    """
+    A configuration file cannot be used.
+
+    C{str(error)} is one sentence,
+    C{"<file>: <key path>: <what is wrong>; expected <what>"}.  For a problem
+    with the file as a whole (unreadable, not TOML) C{key} is C{""} and the
+    key path is left out of the sentence.  The text never contains key
+    material.
+
+    @ivar file: the configuration file, as given to the loader.
+    @ivar key: the dotted key path, e.g. C{"mobile_node[0].spi"}, or C{""}.
+    @ivar problem: what is wrong.
+    @ivar expected: what is expected instead.
+    """
+
+    file: str
+    key: str
+    problem: str
+    expected: str
+
+    def __init__(self, file: str, key: str, problem: str, expected: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.expected = expected
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(f"{where}{problem}; expected {expected}")
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class AuthKey:
+    """
+    A security association for Mobile IP authentication extensions: an SPI,
+    a shared key and the algorithm (RFC 5944 section 3.5).
+
+    The C{repr} shows the SPI and the algorithm, never the key, and equality
+    compares the key in constant time.
+    """
+
+    spi: int
+    key: bytes
+    algorithm: str = ALGORITHMS[0]
+
+    def __repr__(self) -> str:
+        return f"AuthKey(spi={self.spi}, algorithm={self.algorithm!r}, key=<hidden>)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AuthKey):
+            return NotImplemented
+        return (
+            self.spi == other.spi
+            and self.algorithm == other.algorithm
+            and hmac.compare_digest(self.key, other.key)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.spi, self.algorithm))
+
+
+@dataclass(frozen=True)
+class MobileNodeConfig:
+    """One mobile node the home agent serves (a C{[[mobile_node]]} table)."""
+
+    name: str
+    home_address: IPv4Address
+    auth: AuthKey
+    max_lifetime: int
+    simultaneous_bindings: int
+    nai: str | None
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    """The home agent's admin console over SSH (the C{[manhole]} table)."""
+
+    listen: str
+    port: int
+    authorized_keys: Path
+    host_key: Path
+
+
+@dataclass(frozen=True)
+class HomeConfig:
+    """The home agent's configuration (C{smobility-home})."""
+
+    path: Path
+    addresses: tuple[IPv4Address, ...]
+    listen: str
+    home_network: IPv4Network
+    port: int
+    replay_window: float
+    max_lifetime: int
+    state_db: Path
+    mobile_nodes: tuple[MobileNodeConfig, ...]
+    manhole: ManholeConfig | None
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The mobile client's configuration (C{smobility-client})."""
+
+    path: Path
+    name: str
+    home_address: IPv4Address
+    home_agent: IPv4Address
+    home_agent_port: int
+    auth: AuthKey
+    lifetime: int
+    care_of_address: IPv4Address | None
+    local_address: str
+    local_port: int
+    retransmit_initial: float
+    retransmit_max: float
+    max_attempts: int
+    reregister_margin: float
+    udp_tunnel: str
+    nai: str | None
+    status_file: Path | None
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The relay's configuration (a Mobile IP foreign agent, C{smobility-relay})."""
+
+    path: Path
+    listen: str
+    port: int
+    address: IPv4Address
+    home_agents: tuple[tuple[IPv4Address, AuthKey], ...]
+    visitors: tuple[tuple[str, AuthKey], ...]
+    max_lifetime: int
+    pending_timeout: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    """The HTTP(S) multiplexer and its SOCKS5 ingress (C{smobility-mux})."""
+
+    path: Path
+    listen: str
+    port: int
+    tls: bool
+    tls_cert: Path | None
+    tls_key: Path | None
+    home_agent: IPv4Address
+    home_agent_port: int
+    socks_listen: str
+    socks_port: int
+    state_db: Path
+    warnings: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------
+# Reading machinery
+
+
+class _Missing(enum.Enum):
+    REQUIRED = enum.auto()
+
+
+_REQUIRED = _Missing.REQUIRED
+
+
+def _type_name(value: object) -> str:
+    # Names the TOML type of a value without ever showing the value itself.
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _show(value: str) -> str:
+    # Echo a (non-secret) string value, shortened.
+    if len(value) > 64:
+        return repr(value[:61] + "...")
+    return repr(value)
+
+
+class _Context:
+    """One configuration file being loaded: its name, directory and warnings."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.display = os.fspath(path)
+        self.path = Path(os.path.abspath(self.display))
+        self.base = self.path.parent
+        self.warnings: list[str] = []
+        self.mode = 0
+
+    def error(self, key: str, problem: str, expected: str) -> ConfigError:
+        return ConfigError(self.display, key, problem, expected)
+
+    def warn(self, key: str, text: str) -> None:
+        self.warnings.append(f"{self.display}: {key}: {text}")
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[_Context, dict[str, Any]]:
+    ctx = _Context(path)
+    try:
+        with open(ctx.path, "rb") as f:
+            ctx.mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
+    except OSError as e:
+        raise ctx.error(
+            "", f"cannot read the file ({e.strerror or type(e).__name__})",
+            "a readable TOML file",
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ctx.error(
+            "", f"the file is not UTF-8 text (bad byte at offset {e.start})",
+            "a UTF-8 encoded TOML file",
+        ) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        m = _TOML_POS_RE.search(message)
+        where = "at the end of the file"
+        if m is not None:
+            if m.group(1) is not None:
+                where = f"at line {m.group(1)}, column {m.group(2)}"
+            message = message[: m.start()]
+        raise ctx.error(
+            "", f"invalid TOML {where}: {message}",
+            "valid TOML syntax (see https://toml.io)",
+        ) from None
+    return ctx, doc
+
+
+class _Reader:
+    """Typed access to one TOML table; every failure names file and key."""
+
+    def __init__(
+        self,
+        ctx: _Context,
+        table: Mapping[str, Any],
+        prefix: str,
+        allowed: Collection[str],
+    ) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.prefix = prefix
+        # Unknown keys are checked first: a typo is usually the real cause
+        # of a "missing key" error that would come later.
+        for name in table:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, list(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail(
+                    name, f"unknown key{hint}",
+                    "one of: " + ", ".join(sorted(allowed)),
+                )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, problem: str, expected: str) -> NoReturn:
+        raise self.ctx.error(self.key(name), problem, expected)
+
+    def warn(self, name: str, text: str) -> None:
+        self.ctx.warn(self.key(name), text)
+
+    def has(self, name: str) -> bool:
+        return name in self.table
+
+    def raw(self, name: str, expected: str, default: object) -> object:
+        if name not in self.table:
+            if default is _REQUIRED:
+                self.fail(name, "required key is missing", expected)
+            return default
+        value: object = self.table[name]
+        return value
+
+    def string(
+        self, name: str, expected: str, default: str | _Missing = _REQUIRED
+    ) -> str:
+        value = self.raw(name, expected, default)
+        if not isinstance(value, str):
+            self.fail(name, f"must be a string, not {_type_name(value)}", expected)
+        return value
+
+    def optional_string(self, name: str, expected: str) -> str | None:
+        if name not in self.table:
+            return None
+        return self.string(name, expected)
+
+    def integer(
+        self,
+        name: str,
+        low: int,
+        high: int | None,
+        expected: str,
+        default: int | _Missing = _REQUIRED,
+    ) -> int:
+        value = self.raw(name, expected, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(name, f"must be an integer, not {_type_name(value)}", expected)
+        if value < low or (high is not None and value > high):
+            self.fail(name, f"{value} is out of range", expected)
+        return value
+
+    def number(
+        self,
+        name: str,
+        expected: str,
+        default: float | _Missing = _REQUIRED,
+        *,
+        above: float | None = None,
+        below: float | None = None,
+        at_most: float | None = None,
+    ) -> float:
+        value = self.raw(name, expected, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(name, f"must be a number, not {_type_name(value)}", expected)
+        number = float(value)
+        if not math.isfinite(number):
+            self.fail(name, "must be a finite number", expected)
+        if (
+            (above is not None and number <= above)
+            or (below is not None and number >= below)
+            or (at_most is not None and number > at_most)
+        ):
+            self.fail(name, f"{value} is out of range", expected)
+        return number
+
+    def boolean(self, name: str, expected: str, default: bool | _Missing = _REQUIRED) -> bool:
+        value = self.raw(name, expected, default)
+        if not isinstance(value, bool):
+            self.fail(name, f"must be a boolean, not {_type_name(value)}", expected)
+        return value
+
+    def port(self, name: str, default: int | _Missing = _REQUIRED) -> int:
+        return self.integer(name, 1, 65535, _PORT_EXPECTED, default)
+
+    def lifetime(self, name: str, default: int | _Missing = _REQUIRED) -> int:
+        return self.integer(name, 1, 65535, _LIFETIME_EXPECTED, default)
+
+    def parse_ipv4(self, name: str, value: str, expected: str) -> IPv4Address:
+        try:
+            return IPv4Address(value)
+        except ValueError:
+            self.fail(name, f"{_show(value)} is not an IPv4 address", expected)
+
+    def ipv4(self, name: str, expected: str = _IPV4_EXPECTED) -> IPv4Address:
+        return self.parse_ipv4(name, self.string(name, expected), expected)
+
+    def listen(self, name: str, default: str, *, ipv4_only: bool) -> str:
+        expected = _IPV4_LISTEN_EXPECTED if ipv4_only else _IP_LISTEN_EXPECTED
+        value = self.string(name, expected, default)
+        try:
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address
+            address = IPv4Address(value) if ipv4_only else ipaddress.ip_address(value)
+        except ValueError:
+            kind = "an IPv4" if ipv4_only else "an IP"
+            self.fail(name, f"{_show(value)} is not {kind} address", expected)
+        return str(address)
+
+    def path(self, name: str, expected: str = _PATH_EXPECTED) -> Path:
+        value = self.string(name, expected)
+        if not value or "\0" in value:
+            self.fail(name, "is not a usable path", expected)
+        return self.ctx.resolve(value)
+
+    def optional_path(self, name: str, expected: str = _PATH_EXPECTED) -> Path | None:
+        if name not in self.table:
+            return None
+        return self.path(name, expected)
+
+    def name(self, name: str) -> str:
+        value = self.string(name, _NAME_EXPECTED)
+        if _NAME_RE.fullmatch(value) is None:
+            self.fail(name, f"{_show(value)} is not a valid name", _NAME_EXPECTED)
+        return value
+
+    def nai(self, name: str) -> str | None:
+        value = self.optional_string(name, _NAI_EXPECTED)
+        if value is None:
+            return None
+        if len(value) > _MAX_NAI or _NAI_RE.fullmatch(value) is None:
+            self.fail(name, f"{_show(value)} is not a valid NAI", _NAI_EXPECTED)
+        return value
+
+    def choice(
+        self, name: str, choices: Collection[str], default: str, *, echo: bool = True
+    ) -> str:
+        expected = "one of " + ", ".join(f'"{c}"' for c in choices)
+        value = self.string(name, expected, default)
+        if value not in choices:
+            what = _show(value) if echo else "the value"
+            self.fail(name, f"{what} is not a known choice", expected)
+        return value
+
+    def section(self, name: str, allowed: Collection[str]) -> _Reader:
+        """Return a reader for the required table C{name}."""
+        table = self.subtable(name, allowed, required=True)
+        if table is None:  # pragma: no cover - subtable() failed already
+            self.fail(name, "required section is missing", f"a [{self.key(name)}] table")
+        return table
+
+    def subtable(
+        self, name: str, allowed: Collection[str], *, required: bool
+    ) -> _Reader | None:
+        expected = f"a [{self.key(name)}] table"
+        if name not in self.table:
+            if required:
+                self.fail(name, "required section is missing", expected)
+            return None
+        value = self.table[name]
+        if not isinstance(value, dict):
+            self.fail(name, f"must be a table, not {_type_name(value)}", expected)
+        return _Reader(self.ctx, value, self.key(name), allowed)
+
+    def array_of_tables(
+        self, name: str, allowed: Collection[str], *, minimum: int
+    ) -> list[_Reader]:
+        plural = "table" if minimum == 1 else "tables"
+        expected = f"at least {minimum} [[{self.key(name)}]] {plural}"
+        value = self.table.get(name, [])
+        if isinstance(value, dict):
+            self.fail(
+                name, f"is a single table written as [{self.key(name)}]",
+                f"an array of tables written as [[{self.key(name)}]]",
+            )
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            self.fail(name, f"must be an array of tables, not {_type_name(value)}", expected)
+        if len(value) < minimum:
+            problem = "required section is missing" if name not in self.table else "too few entries"
+            self.fail(name, problem, expected)
+        return [
+            _Reader(self.ctx, table, f"{self.key(name)}[{i}]", allowed)
+            for i, table in enumerate(value)
+        ]
+
+
+class _Unique:
+    """Remembers values seen under one key, to report duplicates by index."""
+
+    def __init__(self, what: str) -> None:
+        self.seen: dict[object, str] = {}
+        self.what = what
+
+    def check(self, r: _Reader, name: str, value: object, shown: str) -> None:
+        if value in self.seen:
+            r.fail(
+                name, f"{shown} is already used by {self.seen[value]}",
+                f"a {self.what} that is unique in the file",
+            )
+        self.seen[value] = r.prefix
+
+
+# ---------------------------------------------------------------------------
+# Keys
+
+_AUTH_KEYS = ("spi", "key", "key_file", "algorithm")
+
+
+def _parse_hex(r: _Reader, name: str, text: str, source: str) -> bytes:
+    digits = "".join(text.split())
+    if _HEX_RE.fullmatch(digits) is None:
+        # Never echo the text: it is (meant to be) a secret.
+        r.fail(name, f"{source} is not valid hex", _KEY_EXPECTED)
+    key = bytes.fromhex(digits)
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        r.fail(name, f"{source} is {len(key)} bytes long", _KEY_EXPECTED)
+    return key
+
+
+def _read_key_file(r: _Reader, path: Path) -> bytes:
+    expected = "a readable regular file holding the key as " + _KEY_EXPECTED
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            r.fail("key_file", f"key file {path} is not a regular file", expected)
+        with open(path, "rb") as f:
+            data = f.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as e:
+        r.fail(
+            "key_file",
+            f"cannot read key file {path} ({e.strerror or type(e).__name__})",
+            expected,
+        )
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        r.fail("key_file", f"key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes", expected)
+    if st.st_mode & 0o077:
+        r.warn(
+            "key_file",
+            f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}, so group or "
+            "other users may read or change it; expected mode 0600 or 0400 "
+            "(chmod go= on the file)",
+        )
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        r.fail("key_file", f"the content of key file {path} is not valid hex", _KEY_EXPECTED)
+    return _parse_hex(r, "key_file", text, f"the content of key file {path}")
+
+
+def _read_auth(r: _Reader) -> AuthKey:
+    """Read spi/key/key_file/algorithm from the table C{r}."""
+    spi = r.integer("spi", MIN_SPI, MAX_SPI, _SPI_EXPECTED)
+    algorithm = r.choice("algorithm", ALGORITHMS, ALGORITHMS[0], echo=False)
+    one_of = 'exactly one of key = "<hex>" or key_file = "<path>"'
+    if r.has("key") and r.has("key_file"):
+        r.fail("key", "both key and key_file are given", one_of)
+    if r.has("key"):
+        value = r.table["key"]
+        if not isinstance(value, str):
+            r.fail("key", f"must be a string, not {_type_name(value)}", _KEY_EXPECTED)
+        key = _parse_hex(r, "key", value, "the key")
+        loose = ", which group or other users may read" if r.ctx.mode & 0o077 else ""
+        r.warn(
+            "key",
+            f"the key is written inline in the configuration file{loose}; "
+            "expected key_file naming a file only the service user can read (mode 0600)",
+        )
+    elif r.has("key_file"):
+        key = _read_key_file(r, r.path("key_file"))
+    else:
+        r.fail("key", "neither key nor key_file is given", one_of)
+    return AuthKey(spi=spi, key=key, algorithm=algorithm)
+
+
+# ---------------------------------------------------------------------------
+# Home agent
+
+_HOME_TOP = ("home", "mobile_node", "manhole")
+_HOME_KEYS = (
+    "addresses", "listen", "home_network", "port", "replay_window",
+    "max_lifetime", "state_db",
+)
+_NODE_KEYS = (
+    "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai",
+) + _AUTH_KEYS
+_MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
+
+
+def _read_addresses(r: _Reader) -> tuple[IPv4Address, ...]:
+    expected = 'a non-empty array of IPv4 addresses such as ["192.0.2.1"]'
+    value = r.raw("addresses", expected, _REQUIRED)
+    if not isinstance(value, list):
+        r.fail("addresses", f"must be an array, not {_type_name(value)}", expected)
+    if not value:
+        r.fail("addresses", "is empty", expected)
+    result: list[IPv4Address] = []
+    for i, item in enumerate(value):
+        key = f"addresses[{i}]"
+        if not isinstance(item, str):
+            r.fail(key, f"must be a string, not {_type_name(item)}", _IPV4_EXPECTED)
+        address = r.parse_ipv4(key, item, _IPV4_EXPECTED)
+        if address in result:
+            r.fail(key, f"{address} is listed twice", "each address once")
+        result.append(address)
+    return tuple(result)
+
+
+def _read_manhole(top: _Reader, state_db: Path) -> ManholeConfig | None:
+    m = top.subtable("manhole", _MANHOLE_KEYS, required=False)
+    if m is None:
+        return None
+    expected = 'a loopback address, such as "127.0.0.1" or "::1"'
+    listen = m.listen("listen", "127.0.0.1", ipv4_only=False)
+    if not ipaddress.ip_address(listen).is_loopback:
+        m.fail(
+            "listen",
+            f"{listen} is not a loopback address "
+            "(the console must not be reachable from the network)",
+            expected,
+        )
+    port = m.port("port", 2222)
+    authorized_keys = m.path("authorized_keys", "a path to an SSH authorized_keys file")
+    if m.has("host_key"):
+        host_key = m.path("host_key")
+    else:
+        host_key = state_db.parent / "manhole_host_key"
+    return ManholeConfig(
+        listen=listen, port=port, authorized_keys=authorized_keys, host_key=host_key
+    )
+
+
+def load_home(path: str | os.PathLike[str]) -> HomeConfig:
+    """
+    Load and validate a home agent configuration file.
+
+    @raise ConfigError: if the file cannot be read, is not TOML, or any key
+        is unknown, missing, of the wrong type or out of range.
+    """
+    ctx, doc = _open(path)
+    top = _Reader(ctx, doc, "", _HOME_TOP)
+    home = top.section("home", _HOME_KEYS)
+    addresses = _read_addresses(home)
+    listen = home.listen("listen", _ANY_IPV4, ipv4_only=True)
+    net_expected = 'an IPv4 network in CIDR form with no host bits set, such as "10.10.0.0/24"'
+    net_text = home.string("home_network", net_expected)
+    try:
+        home_network = IPv4Network(net_text, strict=True)
+    except ValueError:
+        home.fail("home_network", f"{_show(net_text)} is not a valid IPv4 network", net_expected)
+    port = home.port("port", 434)
+    replay_window = home.number(
+        "replay_window", "a number of seconds greater than 0 and at most 3600",
+        7.0, above=0.0, at_most=3600.0,
+    )
+    max_lifetime = home.lifetime("max_lifetime", 1800)
+    state_db = home.path("state_db", "a path to the SQLite state database")
+
+    nodes: list[MobileNodeConfig] = []
+    names = _Unique("name")
+    home_addresses = _Unique("home address")
+    spis = _Unique("SPI")
+    nais = _Unique("NAI")
+    for n in top.array_of_tables("mobile_node", _NODE_KEYS, minimum=1):
+        name = n.name("name")
+        names.check(n, "name", name, repr(name))
+        home_address = n.ipv4("home_address")
+        inside = f"an address inside home.home_network {home_network}"
+        if home_address not in home_network:
+            n.fail("home_address", f"{home_address} is outside the home network", inside)
+        if home_network.prefixlen <= 30 and home_address in (
+            home_network.network_address, home_network.broadcast_address,
+        ):
+            n.fail(
+                "home_address",
+                f"{home_address} is the network's own or broadcast address",
+                inside + " other than its network and broadcast addresses",
+            )
+        if home_address in addresses:
+            n.fail(
+                "home_address", f"{home_address} is one of the home agent's addresses",
+                "an address of the mobile node, not of the home agent",
+            )
+        home_addresses.check(n, "home_address", home_address, str(home_address))
+        auth = _read_auth(n)
+        spis.check(n, "spi", auth.spi, f"SPI {auth.spi}")
+        node_lifetime = n.lifetime("max_lifetime", max_lifetime)
+        bindings = n.integer(
+            "simultaneous_bindings", 1, 16, "an integer from 1 to 16", 1
+        )
+        nai = n.nai("nai")
+        if nai is not None:
+            nais.check(n, "nai", nai.lower(), repr(nai))
+        nodes.append(MobileNodeConfig(
+            name=name, home_address=home_address, auth=auth,
+            max_lifetime=node_lifetime, simultaneous_bindings=bindings, nai=nai,
+        ))
+    manhole = _read_manhole(top, state_db)
+    return HomeConfig(
+        path=ctx.path, addresses=addresses, listen=listen,
+        home_network=home_network, port=port, replay_window=replay_window,
+        max_lifetime=max_lifetime, state_db=state_db,
+        mobile_nodes=tuple(nodes), manhole=manhole,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Client
+
+_CLIENT_KEYS = (
+    "name", "home_address", "home_agent", "home_agent_port", "lifetime",
+    "care_of_address", "local_address", "local_port", "retransmit_initial",
+    "retransmit_max", "max_attempts", "reregister_margin", "udp_tunnel",
+    "nai", "status_file",
+) + _AUTH_KEYS
+_UDP_TUNNEL = ("auto", "force", "off")
+
+
+def load_client(path: str | os.PathLike[str]) -> ClientConfig:
+    """
+    Load and validate a mobile client configuration file.
+
+    @raise ConfigError: if the file cannot be read, is not TOML, or any key
+        is unknown, missing, of the wrong type or out of range.
+    """
+    ctx, doc = _open(path)
+    top = _Reader(ctx, doc, "", ("client",))
+    c = top.section("client", _CLIENT_KEYS)
+    name = c.name("name")
+    home_address = c.ipv4("home_address")
+    home_agent = c.ipv4("home_agent")
+    if home_agent == home_address:
+        c.fail(
+            "home_agent", f"{home_agent} is also client.home_address",
+            "the home agent's address, different from the client's home address",
+        )
+    home_agent_port = c.port("home_agent_port", 434)
+    auth = _read_auth(c)
+    lifetime = c.lifetime("lifetime", 600)
+    coa_expected = '"auto" or an IPv4 address such as "192.0.2.7"'
+    coa_text = c.string("care_of_address", coa_expected, "auto")
+    care_of_address = None if coa_text == "auto" else c.parse_ipv4(
+        "care_of_address", coa_text, coa_expected
+    )
+    local_address = c.listen("local_address", _ANY_IPV4, ipv4_only=True)
+    local_port = c.integer(
+        "local_port", 0, 65535, "an integer from 0 (any port) to 65535", 0
+    )
+    retransmit_initial = c.number(
+        "retransmit_initial", "a number of seconds greater than 0", 1.0, above=0.0
+    )
+    retransmit_max = c.number(
+        "retransmit_max", "a number of seconds greater than 0", 32.0, above=0.0
+    )
+    if retransmit_max < retransmit_initial:
+        c.fail(
+            "retransmit_max",
+            f"{retransmit_max:g} is less than client.retransmit_initial ({retransmit_initial:g})",
+            "a number of seconds at least as large as client.retransmit_initial",
+        )
+    max_attempts = c.integer(
+        "max_attempts", 0, None, "0 (retry forever) or a positive integer", 0
+    )
+    reregister_margin = c.number(
+        "reregister_margin",
+        "a fraction of the granted lifetime between 0 and 1 (exclusive), such as 0.8",
+        0.8, above=0.0, below=1.0,
+    )
+    udp_tunnel = c.choice("udp_tunnel", _UDP_TUNNEL, "auto")
+    nai = c.nai("nai")
+    status_file = c.optional_path("status_file")
+    return ClientConfig(
+        path=ctx.path, name=name, home_address=home_address,
+        home_agent=home_agent, home_agent_port=home_agent_port, auth=auth,
+        lifetime=lifetime, care_of_address=care_of_address,
+        local_address=local_address, local_port=local_port,
+        retransmit_initial=retransmit_initial, retransmit_max=retransmit_max,
+        max_attempts=max_attempts, reregister_margin=reregister_margin,
+        udp_tunnel=udp_tunnel, nai=nai, status_file=status_file,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Relay
+
+_RELAY_TOP = ("relay", "home_agent", "visitor")
+_RELAY_KEYS = ("listen", "port", "address", "max_lifetime", "pending_timeout")
+_RELAY_HA_KEYS = ("address",) + _AUTH_KEYS
+_VISITOR_KEYS = ("name",) + _AUTH_KEYS
+_VISITOR_EXPECTED = (
+    "a name of 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-', "
+    'or a network access identifier such as "laptop@example.org"'
+)
+
+
+def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
+    """
+    Load and validate a relay (Mobile IP foreign agent) configuration file.
+
+    @raise ConfigError: if the file cannot be read, is not TOML, or any key
+        is unknown, missing, of the wrong type or out of range.
+    """
+    ctx, doc = _open(path)
+    top = _Reader(ctx, doc, "", _RELAY_TOP)
+    relay = top.section("relay", _RELAY_KEYS)
+    listen = relay.listen("listen", _ANY_IPV4, ipv4_only=True)
+    port = relay.port("port", 434)
+    address = relay.ipv4(
+        "address", 'the relay\'s care-of address, an IPv4 address such as "192.0.2.1"'
+    )
+    max_lifetime = relay.lifetime("max_lifetime", 600)
+    pending_timeout = relay.number(
+        "pending_timeout", "a number of seconds greater than 0 and at most 3600",
+        7.0, above=0.0, at_most=3600.0,
+    )
+
+    home_agents: list[tuple[IPv4Address, AuthKey]] = []
+    ha_addresses = _Unique("home agent address")
+    ha_spis = _Unique("SPI")
+    for h in top.array_of_tables("home_agent", _RELAY_HA_KEYS, minimum=1):
+        ha = h.ipv4("address")
+        ha_addresses.check(h, "address", ha, str(ha))
+        auth = _read_auth(h)
+        ha_spis.check(h, "spi", auth.spi, f"SPI {auth.spi}")
+        home_agents.append((ha, auth))
+
+    visitors: list[tuple[str, AuthKey]] = []
+    v_names = _Unique("visitor name")
+    v_spis = _Unique("SPI")
+    for v in top.array_of_tables("visitor", _VISITOR_KEYS, minimum=0):
+        vname = v.string("name", _VISITOR_EXPECTED)
+        if _NAME_RE.fullmatch(vname) is None and (
+            len(vname) > _MAX_NAI or _NAI_RE.fullmatch(vname) is None
+        ):
+            v.fail("name", f"{_show(vname)} is neither a name nor an NAI", _VISITOR_EXPECTED)
+        v_names.check(v, "name", vname.lower(), repr(vname))
+        auth = _read_auth(v)
+        v_spis.check(v, "spi", auth.spi, f"SPI {auth.spi}")
+        visitors.append((vname, auth))
+
+    return RelayConfig(
+        path=ctx.path, listen=listen, port=port, address=address,
+        home_agents=tuple(home_agents), visitors=tuple(visitors),
+        max_lifetime=max_lifetime, pending_timeout=pending_timeout,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Multiplexer
+
+_MUX_KEYS = (
+    "listen", "port", "tls", "tls_cert", "tls_key", "home_agent",
+    "home_agent_port", "socks_listen", "socks_port", "state_db",
+)
+
+
+def _overlap(a: str, b: str) -> bool:
+    # Two bind addresses collide if equal or if either is a wildcard.
+    wild = (_ANY_IPV4, "::")
+    return a == b or a in wild or b in wild
+
+
+def load_mux(path: str | os.PathLike[str]) -> MuxConfig:
+    """
+    Load and validate an HTTP(S) multiplexer / SOCKS5 ingress configuration.
+
+    @raise ConfigError: if the file cannot be read, is not TOML, or any key
+        is unknown, missing, of the wrong type or out of range.
+    """
+    ctx, doc = _open(path)
+    top = _Reader(ctx, doc, "", ("mux",))
+    m = top.section("mux", _MUX_KEYS)
+    listen = m.listen("listen", _ANY_IPV4, ipv4_only=False)
+    port = m.port("port", 8443)
+    tls = m.boolean("tls", "true or false", True)
+    tls_cert = m.optional_path("tls_cert", "a path to the PEM certificate (chain)")
+    tls_key = m.optional_path("tls_key", "a path to the PEM private key")
+    if tls:
+        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+            if value is None:
+                m.fail(
+                    name, "required key is missing (mux.tls is true)",
+                    "a PEM file path, or mux.tls = false",
+                )
+    else:
+        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+            if value is not None:
+                m.warn(name, "is ignored because mux.tls is false")
+    home_agent = m.ipv4("home_agent")
+    home_agent_port = m.port("home_agent_port", 434)
+    socks_listen = m.listen("socks_listen", "127.0.0.1", ipv4_only=False)
+    socks_port = m.port("socks_port", 1080)
+    if socks_port == port and _overlap(listen, socks_listen):
+        m.fail(
+            "socks_port", f"{socks_port} is also mux.port on an overlapping address",
+            "a port different from mux.port, or non-overlapping listen addresses",
+        )
+    state_db = m.path("state_db", "a path to the SQLite state database")
+    return MuxConfig(
+        path=ctx.path, listen=listen, port=port, tls=tls, tls_cert=tls_cert,
+        tls_key=tls_key, home_agent=home_agent, home_agent_port=home_agent_port,
+        socks_listen=socks_listen, socks_port=socks_port, state_db=state_db,
+        warnings=tuple(ctx.warnings),
+    )

@@ -1,0 +1,1038 @@
+# -*- test-case-name: tests.test_config -*-
+"""Tests for L{smobility.config}."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smobility.config import (
+    AuthKey,
+    ClientConfig,
+    ConfigError,
+    HomeConfig,
+    MuxConfig,
+    RelayConfig,
+    load_client,
+    load_home,
+    load_mux,
+    load_relay,
+)
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+
+# Test keys.  Every error and warning is checked not to contain them.
+KEY_HEX = "00112233445566778899aabbccddeeff"
+INLINE_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
+SECRETS = (KEY_HEX, INLINE_HEX, KEY_HEX.upper(), INLINE_HEX.upper())
+
+HOME = """\
+[home]
+addresses = ["192.0.2.1"]
+home_network = "10.10.0.0/24"
+state_db = "state/home.sqlite"
+
+[[mobile_node]]
+name = "n1"
+home_address = "10.10.0.10"
+spi = 1000
+key_file = "keys/node.key"
+
+[[mobile_node]]
+name = "n2"
+home_address = "10.10.0.11"
+spi = 1001
+key_file = "keys/node.key"
+"""
+
+MANHOLE = """
+[manhole]
+authorized_keys = "admin_keys"
+"""
+
+CLIENT = """\
+[client]
+name = "laptop"
+home_address = "10.10.0.10"
+home_agent = "192.0.2.1"
+spi = 1000
+key_file = "keys/node.key"
+"""
+
+RELAY = """\
+[relay]
+address = "198.51.100.1"
+
+[[home_agent]]
+address = "192.0.2.1"
+spi = 2000
+key_file = "keys/node.key"
+"""
+
+VISITOR = """
+[[visitor]]
+name = "laptop@home.example"
+spi = 3000
+key_file = "keys/node.key"
+"""
+
+MUX = """\
+[mux]
+home_agent = "192.0.2.1"
+state_db = "mux.sqlite"
+tls = false
+"""
+
+
+def edit(text: str, *pairs: tuple[str, str]) -> str:
+    """Replace each C{old} by C{new} in C{text}; C{old} must occur exactly once."""
+    for old, new in pairs:
+        if text.count(old) != 1:
+            raise AssertionError(f"{old!r} occurs {text.count(old)} times")
+        text = text.replace(old, new)
+    return text
+
+
+class ConfigTestCase(SynchronousTestCase):
+    """Writes configuration files and a key file into a fresh directory."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        (self.dir / "keys").mkdir(parents=True)
+        self.keyFile = self.writeKey("node.key", KEY_HEX + "\n")
+
+    def writeKey(self, name: str, content: str | bytes, mode: int = 0o600) -> Path:
+        """Write a key file under keys/ with C{mode}."""
+        path = self.dir / "keys" / name
+        data = content.encode("ascii") if isinstance(content, str) else content
+        path.write_bytes(data)
+        path.chmod(mode)
+        return path
+
+    def write(self, text: str, name: str = "test.toml", mode: int = 0o600) -> Path:
+        """Write a configuration file and return its path."""
+        path = self.dir / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(mode)
+        return path
+
+    def assertClean(self, text: str) -> None:
+        """Fail if C{text} contains key material of the tests."""
+        for secret in SECRETS:
+            self.assertNotIn(secret, text)
+            self.assertNotIn(secret.lower(), text.lower())
+
+    def assertError(
+        self,
+        loader: Callable[[Path], object],
+        text: str,
+        key: str,
+        *fragments: str,
+    ) -> ConfigError:
+        """
+        Loading C{text} with C{loader} fails with a one-sentence L{ConfigError}
+        that names the file and C{key} and contains every fragment.
+        """
+        path = self.write(text)
+        error: ConfigError = self.assertRaises(ConfigError, loader, path)
+        message = str(error)
+        self.assertEqual(error.file, str(path))
+        self.assertEqual(error.key, key, message)
+        prefix = f"{path}: {key}: " if key else f"{path}: "
+        self.assertTrue(message.startswith(prefix), message)
+        self.assertIn("; expected ", message)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        self.assertClean(message)
+        return error
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """The shape of L{ConfigError}."""
+
+    def test_sentence(self) -> None:
+        """The text is C{"<file>: <key>: <problem>; expected <what>"}."""
+        e = ConfigError("home.toml", "home.port", "70000 is out of range", "a port")
+        self.assertEqual(str(e), "home.toml: home.port: 70000 is out of range; expected a port")
+        self.assertEqual((e.file, e.key), ("home.toml", "home.port"))
+        self.assertEqual((e.problem, e.expected), ("70000 is out of range", "a port"))
+
+    def test_fileLevel(self) -> None:
+        """With no key, the key part is left out."""
+        e = ConfigError("home.toml", "", "cannot read the file", "a readable file")
+        self.assertEqual(str(e), "home.toml: cannot read the file; expected a readable file")
+
+
+class ExampleTests(SynchronousTestCase):
+    """Every file in etc/ loads as it is."""
+
+    def assertOnlyKnownWarnings(self, warnings: tuple[str, ...]) -> None:
+        key = (ETC / "keys" / "laptop.mnha").read_text().strip()
+        for warning in warnings:
+            self.assertNotIn(key, warning)
+            self.assertNotIn("00112233445566778899aabbccddeeff", warning)
+            self.assertTrue(
+                "group or other" in warning or "inline" in warning, warning
+            )
+
+    def test_home(self) -> None:
+        """etc/home.toml is the loopback first-run home agent."""
+        c = load_home(ETC / "home.toml")
+        self.assertIsInstance(c, HomeConfig)
+        self.assertEqual(c.addresses, (IPv4Address("127.0.0.1"),))
+        self.assertEqual(c.listen, "127.0.0.1")
+        self.assertEqual(c.home_network, IPv4Network("10.77.0.0/24"))
+        self.assertEqual(c.port, 434)
+        self.assertEqual(c.state_db, Path("/var/lib/smobility/home.sqlite"))
+        (node,) = c.mobile_nodes
+        self.assertEqual(node.name, "laptop")
+        self.assertEqual(node.home_address, IPv4Address("10.77.0.10"))
+        self.assertEqual((node.auth.spi, node.auth.algorithm), (1000, "hmac-md5"))
+        self.assertEqual(len(node.auth.key), 16)
+        self.assertEqual(node.max_lifetime, 600)
+        self.assertEqual(node.simultaneous_bindings, 1)
+        self.assertEqual(node.nai, "laptop@home.example")
+        assert c.manhole is not None
+        self.assertEqual((c.manhole.listen, c.manhole.port), ("127.0.0.1", 2222))
+        self.assertEqual(c.manhole.authorized_keys, Path("/etc/smobility/admin_keys"))
+        self.assertEqual(c.manhole.host_key, Path("/var/lib/smobility/manhole_host_key"))
+        self.assertOnlyKnownWarnings(c.warnings)
+
+    def test_client(self) -> None:
+        """etc/client.toml matches etc/home.toml."""
+        c = load_client(ETC / "client.toml")
+        self.assertIsInstance(c, ClientConfig)
+        home = load_home(ETC / "home.toml")
+        node = home.mobile_nodes[0]
+        self.assertEqual(c.auth, node.auth)
+        self.assertEqual(c.home_address, node.home_address)
+        self.assertIn(c.home_agent, home.addresses)
+        self.assertEqual(c.home_agent_port, home.port)
+        self.assertEqual(c.nai, node.nai)
+        self.assertIsNone(c.care_of_address)
+        self.assertEqual(c.lifetime, 600)
+        self.assertEqual(c.status_file, Path("/run/smobility-client.json"))
+        self.assertOnlyKnownWarnings(c.warnings)
+
+    def test_relay(self) -> None:
+        """etc/relay.toml loads."""
+        c = load_relay(ETC / "relay.toml")
+        self.assertIsInstance(c, RelayConfig)
+        self.assertEqual(c.port, 4434)
+        self.assertEqual(len(c.home_agents), 1)
+        self.assertOnlyKnownWarnings(c.warnings)
+
+    def test_mux(self) -> None:
+        """etc/mux.toml loads, without TLS."""
+        c = load_mux(ETC / "mux.toml")
+        self.assertIsInstance(c, MuxConfig)
+        self.assertFalse(c.tls)
+        self.assertEqual(c.warnings, ())
+
+    def test_keyFile(self) -> None:
+        """etc/keys/laptop.mnha is 32 hex digits and a newline."""
+        data = (ETC / "keys" / "laptop.mnha").read_bytes()
+        self.assertEqual(len(data), 33)
+        self.assertTrue(data.endswith(b"\n"))
+        self.assertEqual(len(bytes.fromhex(data.decode("ascii"))), 16)
+
+
+class FileTests(ConfigTestCase):
+    """Problems with the file as a whole."""
+
+    def test_missingFile(self) -> None:
+        """A file that does not exist is named in the error."""
+        path = self.dir / "nope.toml"
+        for loader in (load_home, load_client, load_relay, load_mux):
+            e = self.assertRaises(ConfigError, loader, path)
+            self.assertEqual((e.file, e.key), (str(path), ""))
+            self.assertTrue(str(e).startswith(f"{path}: cannot read the file"), str(e))
+
+    def test_directory(self) -> None:
+        """A directory is not a configuration file."""
+        e = self.assertRaises(ConfigError, load_home, self.dir)
+        self.assertIn("cannot read the file", str(e))
+
+    def test_syntaxError(self) -> None:
+        """tomllib's line and column are reported."""
+        text = "[home]\nport = 434\nlisten = \n"
+        for loader in (load_home, load_client, load_relay, load_mux):
+            self.assertError(loader, text, "", "invalid TOML at line 3, column 10")
+
+    def test_syntaxErrorAtEnd(self) -> None:
+        """An error at the end of the file says so."""
+        self.assertError(load_home, "[home]\nport = ", "", "invalid TOML at the end of the file")
+
+    def test_syntaxErrorDoesNotEcho(self) -> None:
+        """A syntax error in a key line does not show the key."""
+        text = f'[client]\nkey = "{INLINE_HEX}\n'
+        e = self.assertError(load_client, text, "", "invalid TOML at line 2")
+        self.assertClean(str(e))
+
+    def test_notUTF8(self) -> None:
+        """A file that is not UTF-8 text is refused."""
+        path = self.dir / "bin.toml"
+        path.write_bytes(b"[home]\nname = '\xff'\n")
+        e = self.assertRaises(ConfigError, load_home, path)
+        self.assertIn("not UTF-8", str(e))
+
+    def test_wrongRole(self) -> None:
+        """A client file given to the home loader names the unknown section."""
+        self.assertError(load_home, CLIENT, "client", "unknown key", "home, manhole, mobile_node")
+
+    def test_pathLike(self) -> None:
+        """The loaders accept C{str} and C{os.PathLike}; C{path} is absolute."""
+        path = self.write(MUX)
+        self.assertEqual(load_mux(str(path)).path, path.absolute())
+        self.assertEqual(load_mux(path).path, path.absolute())
+
+
+class HomeTests(ConfigTestCase):
+    """L{load_home}."""
+
+    def load(self, text: str) -> HomeConfig:
+        return load_home(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_home, text, key, *fragments)
+
+    def test_defaults(self) -> None:
+        """Optional keys take their documented defaults."""
+        c = self.load(HOME)
+        self.assertEqual(c.listen, "0.0.0.0")
+        self.assertEqual(c.port, 434)
+        self.assertEqual(c.replay_window, 7.0)
+        self.assertEqual(c.max_lifetime, 1800)
+        self.assertEqual(c.state_db, self.dir.absolute() / "state" / "home.sqlite")
+        self.assertIsNone(c.manhole)
+        self.assertEqual(c.warnings, ())
+        n1, n2 = c.mobile_nodes
+        self.assertEqual(n1.auth, AuthKey(1000, bytes.fromhex(KEY_HEX), "hmac-md5"))
+        self.assertEqual((n1.max_lifetime, n1.simultaneous_bindings, n1.nai), (1800, 1, None))
+        self.assertEqual(n2.home_address, IPv4Address("10.10.0.11"))
+
+    def test_everyKey(self) -> None:
+        """Every key given explicitly is used."""
+        c = self.load(edit(
+            HOME,
+            ('state_db = "state/home.sqlite"\n',
+             'state_db = "/var/lib/x.sqlite"\nlisten = "192.0.2.1"\nport = 4434\n'
+             "replay_window = 2.5\nmax_lifetime = 900\n"),
+            ("spi = 1001\n",
+             'spi = 1001\nmax_lifetime = 60\nsimultaneous_bindings = 4\n'
+             'nai = "n2@example.org"\nalgorithm = "hmac-sha256"\n'),
+        ) + MANHOLE + 'listen = "::1"\nport = 2022\nhost_key = "hk"\n')
+        self.assertEqual((c.listen, c.port), ("192.0.2.1", 4434))
+        self.assertEqual((c.replay_window, c.max_lifetime), (2.5, 900))
+        self.assertEqual(c.state_db, Path("/var/lib/x.sqlite"))
+        n1, n2 = c.mobile_nodes
+        self.assertEqual(n1.max_lifetime, 900)
+        self.assertEqual((n2.max_lifetime, n2.simultaneous_bindings), (60, 4))
+        self.assertEqual((n2.nai, n2.auth.algorithm), ("n2@example.org", "hmac-sha256"))
+        assert c.manhole is not None
+        self.assertEqual((c.manhole.listen, c.manhole.port), ("::1", 2022))
+        self.assertEqual(c.manhole.host_key, self.dir.absolute() / "hk")
+        self.assertEqual(c.manhole.authorized_keys, self.dir.absolute() / "admin_keys")
+
+    def test_integerReplayWindow(self) -> None:
+        """An integer is fine for a number of seconds."""
+        c = self.load(edit(HOME, ("[home]\n", "[home]\nreplay_window = 30\n")))
+        self.assertEqual(c.replay_window, 30.0)
+
+    def test_manholeDefaults(self) -> None:
+        """The manhole defaults to 127.0.0.1:2222 and a host key next to state_db."""
+        c = self.load(HOME + MANHOLE)
+        assert c.manhole is not None
+        self.assertEqual((c.manhole.listen, c.manhole.port), ("127.0.0.1", 2222))
+        self.assertEqual(c.manhole.host_key, self.dir.absolute() / "state" / "manhole_host_key")
+
+    def test_manholeLoopbackRange(self) -> None:
+        """Any 127.0.0.0/8 address is loopback."""
+        c = self.load(HOME + MANHOLE + 'listen = "127.0.0.2"\n')
+        assert c.manhole is not None
+        self.assertEqual(c.manhole.listen, "127.0.0.2")
+
+    # Structure
+
+    def test_missingHomeSection(self) -> None:
+        self.fails(edit(HOME, ("[home]\n", "[other]\n")), "other", "unknown key")
+        text = HOME.split("[[mobile_node]]", 1)[1]
+        self.fails("[[mobile_node]]" + text, "home", "required section is missing", "[home]")
+
+    def test_homeNotATable(self) -> None:
+        self.fails('home = "yes"\n', "home", "must be a table, not a string")
+
+    def test_missingMobileNodes(self) -> None:
+        text = HOME.split("[[mobile_node]]", 1)[0]
+        self.fails(text, "mobile_node", "required section is missing", "[[mobile_node]]")
+
+    def test_mobileNodeSingleTable(self) -> None:
+        text = HOME.split("[[mobile_node]]", 1)[0] + "[mobile_node]\nname = 'x'\n"
+        self.fails(text, "mobile_node", "single table", "[[mobile_node]]")
+
+    def test_unknownTopLevel(self) -> None:
+        self.fails(HOME + "\n[manhol]\n", "manhol", "did you mean 'manhole'",
+                   "one of: home, manhole, mobile_node")
+
+    def test_unknownHomeKey(self) -> None:
+        e = self.fails(edit(HOME, ("addresses =", "adresses =")), "home.adresses",
+                       "unknown key (did you mean 'addresses'?)", "addresses", "state_db")
+        self.assertIn("replay_window", e.expected)
+
+    def test_unknownNodeKey(self) -> None:
+        self.fails(edit(HOME, ("spi = 1001", "spi = 1001\nspii = 5")), "mobile_node[1].spii",
+                   "unknown key", "key_file", "simultaneous_bindings")
+
+    def test_unknownManholeKey(self) -> None:
+        self.fails(HOME + MANHOLE + "authorised_keys = 'x'\n", "manhole.authorised_keys",
+                   "unknown key", "authorized_keys")
+
+    def test_unknownKeyBeforeMissing(self) -> None:
+        """A typo is reported as such, not as the missing key it hides."""
+        self.fails(edit(HOME, ("state_db", "statedb")), "home.statedb", "unknown key")
+
+    # Addresses and networks
+
+    def test_badAddress(self) -> None:
+        self.fails(edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.300"]')),
+                   "home.addresses[1]", "'192.0.2.300' is not an IPv4 address")
+
+    def test_ipv6Address(self) -> None:
+        self.fails(edit(HOME, ('"192.0.2.1"]', '"2001:db8::1"]')), "home.addresses[0]", "IPv4")
+
+    def test_addressNotString(self) -> None:
+        self.fails(edit(HOME, ('"192.0.2.1"]', "3221225985]")), "home.addresses[0]",
+                   "must be a string, not an integer")
+
+    def test_addressesEmpty(self) -> None:
+        self.fails(edit(HOME, ('["192.0.2.1"]', "[]")), "home.addresses", "is empty")
+
+    def test_addressesNotArray(self) -> None:
+        self.fails(edit(HOME, ('["192.0.2.1"]', '"192.0.2.1"')), "home.addresses",
+                   "must be an array, not a string")
+
+    def test_addressesMissing(self) -> None:
+        self.fails(edit(HOME, ('addresses = ["192.0.2.1"]\n', "")), "home.addresses",
+                   "required key is missing")
+
+    def test_addressTwice(self) -> None:
+        self.fails(edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.1"]')),
+                   "home.addresses[1]", "listed twice")
+
+    def test_listenNotIPv4(self) -> None:
+        self.fails(edit(HOME, ("[home]\n", '[home]\nlisten = "localhost"\n')), "home.listen",
+                   "'localhost' is not an IPv4 address")
+        self.fails(edit(HOME, ("[home]\n", '[home]\nlisten = "::"\n')), "home.listen", "IPv4")
+
+    def test_networkHostBits(self) -> None:
+        self.fails(edit(HOME, ("10.10.0.0/24", "10.10.0.1/24")), "home.home_network",
+                   "'10.10.0.1/24' is not a valid IPv4 network", "no host bits")
+
+    def test_networkGarbage(self) -> None:
+        self.fails(edit(HOME, ("10.10.0.0/24", "ten")), "home.home_network", "'ten'")
+
+    def test_homeAddressOutside(self) -> None:
+        self.fails(edit(HOME, ("10.10.0.11", "10.11.0.11")), "mobile_node[1].home_address",
+                   "10.11.0.11 is outside the home network", "10.10.0.0/24")
+
+    def test_homeAddressNetworkOrBroadcast(self) -> None:
+        self.fails(edit(HOME, ("10.10.0.10", "10.10.0.0")), "mobile_node[0].home_address",
+                   "broadcast")
+        self.fails(edit(HOME, ("10.10.0.10", "10.10.0.255")), "mobile_node[0].home_address",
+                   "broadcast")
+
+    def test_homeAddressIsHomeAgent(self) -> None:
+        text = edit(HOME, ('["192.0.2.1"]', '["192.0.2.1", "10.10.0.1"]'),
+                    ("10.10.0.10", "10.10.0.1"))
+        self.fails(text, "mobile_node[0].home_address", "home agent's addresses")
+
+    def test_homeAddressMissing(self) -> None:
+        self.fails(edit(HOME, ('home_address = "10.10.0.11"\n', "")),
+                   "mobile_node[1].home_address", "required key is missing")
+
+    # Duplicates
+
+    def test_duplicateHomeAddress(self) -> None:
+        self.fails(edit(HOME, ("10.10.0.11", "10.10.0.10")), "mobile_node[1].home_address",
+                   "10.10.0.10 is already used by mobile_node[0]", "unique")
+
+    def test_duplicateSPI(self) -> None:
+        self.fails(edit(HOME, ("spi = 1001", "spi = 1000")), "mobile_node[1].spi",
+                   "SPI 1000 is already used by mobile_node[0]")
+
+    def test_duplicateName(self) -> None:
+        self.fails(edit(HOME, ('name = "n2"', 'name = "n1"')), "mobile_node[1].name",
+                   "'n1' is already used by mobile_node[0]")
+
+    def test_duplicateNAI(self) -> None:
+        text = edit(HOME, ("spi = 1000", 'spi = 1000\nnai = "a@example.org"'),
+                    ("spi = 1001", 'spi = 1001\nnai = "A@Example.org"'))
+        self.fails(text, "mobile_node[1].nai", "already used by mobile_node[0]")
+
+    # Names
+
+    def test_badName(self) -> None:
+        self.fails(edit(HOME, ('name = "n2"', 'name = "has space"')), "mobile_node[1].name",
+                   "'has space' is not a valid name", "A-Z")
+        self.fails(edit(HOME, ('name = "n2"', 'name = ""')), "mobile_node[1].name")
+        self.fails(edit(HOME, ('name = "n2"', f'name = "{"x" * 65}"')), "mobile_node[1].name")
+
+    def test_badNAI(self) -> None:
+        self.fails(edit(HOME, ("spi = 1000", 'spi = 1000\nnai = "no-at-sign"')),
+                   "mobile_node[0].nai", "'no-at-sign' is not a valid NAI")
+        self.fails(edit(HOME, ("spi = 1000", "spi = 1000\nnai = 7")),
+                   "mobile_node[0].nai", "must be a string, not an integer")
+
+    # SPI
+
+    def test_reservedSPI(self) -> None:
+        e = self.fails(edit(HOME, ("spi = 1000", "spi = 255")), "mobile_node[0].spi",
+                       "255 is out of range", "256", "reserved by RFC 5944")
+        self.assertIn("4294967295", e.expected)
+
+    def test_spiTooLarge(self) -> None:
+        self.fails(edit(HOME, ("spi = 1000", "spi = 4294967296")), "mobile_node[0].spi",
+                   "out of range")
+
+    def test_spiString(self) -> None:
+        self.fails(edit(HOME, ("spi = 1000", 'spi = "1000"')), "mobile_node[0].spi",
+                   "must be an integer, not a string")
+
+    def test_spiMissing(self) -> None:
+        self.fails(edit(HOME, ("spi = 1000\n", "")), "mobile_node[0].spi",
+                   "required key is missing")
+
+    # Numbers
+
+    def test_portString(self) -> None:
+        self.fails(edit(HOME, ("[home]\n", '[home]\nport = "434"\n')), "home.port",
+                   "must be an integer, not a string", "1 to 65535")
+
+    def test_portBoolean(self) -> None:
+        self.fails(edit(HOME, ("[home]\n", "[home]\nport = true\n")), "home.port",
+                   "must be an integer, not a boolean")
+
+    def test_portRange(self) -> None:
+        for bad in ("0", "65536", "-1"):
+            self.fails(edit(HOME, ("[home]\n", f"[home]\nport = {bad}\n")), "home.port",
+                       f"{bad} is out of range")
+
+    def test_maxLifetime(self) -> None:
+        for bad in ("0", "65536"):
+            self.fails(edit(HOME, ("[home]\n", f"[home]\nmax_lifetime = {bad}\n")),
+                       "home.max_lifetime", "out of range", "1 to 65535")
+        self.fails(edit(HOME, ("[home]\n", "[home]\nmax_lifetime = 600.5\n")),
+                   "home.max_lifetime", "must be an integer, not a float")
+        self.fails(edit(HOME, ("spi = 1001", 'spi = 1001\nmax_lifetime = "600"')),
+                   "mobile_node[1].max_lifetime", "must be an integer, not a string")
+
+    def test_replayWindow(self) -> None:
+        for bad in ("0", "-1", "3600.5", "inf"):
+            self.fails(edit(HOME, ("[home]\n", f"[home]\nreplay_window = {bad}\n")),
+                       "home.replay_window", "greater than 0 and at most 3600")
+        self.fails(edit(HOME, ("[home]\n", "[home]\nreplay_window = nan\n")),
+                   "home.replay_window", "finite")
+        self.fails(edit(HOME, ("[home]\n", '[home]\nreplay_window = "7"\n')),
+                   "home.replay_window", "must be a number, not a string")
+
+    def test_simultaneousBindings(self) -> None:
+        for bad in ("0", "17"):
+            self.fails(edit(HOME, ("spi = 1001", f"spi = 1001\nsimultaneous_bindings = {bad}")),
+                       "mobile_node[1].simultaneous_bindings", "1 to 16")
+
+    # Paths
+
+    def test_stateDbMissing(self) -> None:
+        self.fails(edit(HOME, ('state_db = "state/home.sqlite"\n', "")), "home.state_db",
+                   "required key is missing")
+
+    def test_stateDbNotString(self) -> None:
+        self.fails(edit(HOME, ('"state/home.sqlite"', "1")), "home.state_db",
+                   "must be a string")
+        self.fails(edit(HOME, ('"state/home.sqlite"', '""')), "home.state_db",
+                   "not a usable path")
+
+    # Manhole
+
+    def test_manholeNotLoopback(self) -> None:
+        for bad in ("0.0.0.0", "192.0.2.1", "::"):
+            self.fails(HOME + MANHOLE + f'listen = "{bad}"\n', "manhole.listen",
+                       "is not a loopback address", "127.0.0.1")
+
+    def test_manholeListenGarbage(self) -> None:
+        self.fails(HOME + MANHOLE + 'listen = "localhost"\n', "manhole.listen",
+                   "'localhost' is not an IP address")
+
+    def test_manholeAuthorizedKeysMissing(self) -> None:
+        self.fails(HOME + "\n[manhole]\nport = 2222\n", "manhole.authorized_keys",
+                   "required key is missing")
+
+    def test_manholePort(self) -> None:
+        self.fails(HOME + MANHOLE + "port = 99999\n", "manhole.port", "out of range")
+
+    def test_manholeNotTable(self) -> None:
+        self.fails(HOME + "manhole = true\n", "mobile_node[1].manhole", "unknown key")
+        self.fails("manhole = true\n" + HOME, "manhole", "must be a table, not a boolean")
+
+
+class AuthTests(ConfigTestCase):
+    """Security associations: spi, key, key_file, algorithm."""
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_home, text, key, *fragments)
+
+    def node(self, text: str) -> tuple[HomeConfig, AuthKey]:
+        c = load_home(self.write(text))
+        return c, c.mobile_nodes[0].auth
+
+    def test_keyFileRelative(self) -> None:
+        """key_file is resolved against the config file's directory, not the cwd."""
+        sub = self.dir / "sub"
+        sub.mkdir()
+        path = sub / "home.toml"
+        path.write_text(HOME.replace('"keys/node.key"', '"../keys/node.key"'))
+        c = load_home(path)
+        self.assertEqual(c.mobile_nodes[0].auth.key, bytes.fromhex(KEY_HEX))
+
+    def test_keyFileAbsolute(self) -> None:
+        _, auth = self.node(edit(HOME, ('"keys/node.key"\n\n', f'"{self.keyFile.absolute()}"\n\n')))
+        self.assertEqual(auth.key, bytes.fromhex(KEY_HEX))
+
+    def test_keyFileWhitespace(self) -> None:
+        """Whitespace in a key file is ignored; upper case hex is fine."""
+        self.writeKey("node.key", "  0011 2233 4455 6677\n8899AABB\tCCDDEEFF\n\n")
+        _, auth = self.node(HOME)
+        self.assertEqual(auth.key, bytes.fromhex(KEY_HEX))
+
+    def test_inlineKey(self) -> None:
+        """An inline key works but gives a warning without the key."""
+        c, auth = self.node(edit(HOME, ('key_file = "keys/node.key"\n\n',
+                                        f'key = "{INLINE_HEX}"\n\n')))
+        self.assertEqual(auth.key, bytes.fromhex(INLINE_HEX))
+        (warning,) = c.warnings
+        self.assertTrue(warning.startswith(f"{self.dir / 'test.toml'}: mobile_node[0].key: "))
+        self.assertIn("inline", warning)
+        self.assertNotIn("group or other", warning)
+        self.assertClean(warning)
+        self.assertClean(repr(c))
+
+    def test_inlineKeyLooseConfig(self) -> None:
+        """The inline warning says when the config file itself is readable by others."""
+        text = edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{INLINE_HEX}"\n\n'))
+        c = load_home(self.write(text, mode=0o644))
+        (warning,) = c.warnings
+        self.assertIn("group or other", warning)
+        self.assertClean(warning)
+
+    def test_looseKeyFile(self) -> None:
+        """A key file readable by group or other works but gives a warning."""
+        for mode in (0o644, 0o640, 0o604, 0o660):
+            self.keyFile.chmod(mode)
+            c, auth = self.node(HOME)
+            self.assertEqual(auth.key, bytes.fromhex(KEY_HEX))
+            # Both nodes use the file: one warning each.
+            self.assertEqual(len(c.warnings), 2)
+            warning = c.warnings[0]
+            self.assertIn("mobile_node[0].key_file", warning)
+            self.assertIn(str(self.keyFile.absolute()), warning)
+            self.assertIn(f"mode {mode:04o}", warning)
+            self.assertClean(warning)
+
+    def test_tightKeyFile(self) -> None:
+        for mode in (0o600, 0o400):
+            self.keyFile.chmod(mode)
+            c, _ = self.node(HOME)
+            self.assertEqual(c.warnings, ())
+
+    def test_bothKeyAndKeyFile(self) -> None:
+        self.fails(edit(HOME, ("spi = 1000", f'spi = 1000\nkey = "{INLINE_HEX}"')),
+                   "mobile_node[0].key", "both key and key_file", "exactly one of")
+
+    def test_neitherKeyNorKeyFile(self) -> None:
+        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', "\n")),
+                   "mobile_node[0].key", "neither key nor key_file", "exactly one of")
+
+    def test_missingKeyFile(self) -> None:
+        e = self.fails(edit(HOME, ('"keys/node.key"\n\n', '"keys/gone.key"\n\n')),
+                       "mobile_node[0].key_file", "cannot read key file",
+                       str(self.dir.absolute() / "keys" / "gone.key"))
+        self.assertIn("No such file", str(e))
+
+    def test_keyFileDirectory(self) -> None:
+        self.fails(edit(HOME, ('"keys/node.key"\n\n', '"keys"\n\n')),
+                   "mobile_node[0].key_file", "not a regular file")
+
+    def test_keyFileBadHex(self) -> None:
+        """Bad hex is refused and the content is not echoed."""
+        self.writeKey("node.key", INLINE_HEX[:-2] + "zz\n")
+        e = self.fails(HOME, "mobile_node[0].key_file", "is not valid hex",
+                       str(self.keyFile.absolute()))
+        self.assertNotIn(INLINE_HEX[:-2], str(e))
+
+    def test_keyFileOddDigits(self) -> None:
+        self.writeKey("node.key", KEY_HEX + "f")
+        self.fails(HOME, "mobile_node[0].key_file", "is not valid hex")
+
+    def test_keyFileBinary(self) -> None:
+        self.writeKey("node.key", bytes.fromhex(KEY_HEX) + b"\xff")
+        self.fails(HOME, "mobile_node[0].key_file", "is not valid hex")
+
+    def test_keyFileEmpty(self) -> None:
+        self.writeKey("node.key", "\n")
+        self.fails(HOME, "mobile_node[0].key_file", "is not valid hex")
+
+    def test_keyFileHuge(self) -> None:
+        self.writeKey("node.key", "0" * 5000)
+        self.fails(HOME, "mobile_node[0].key_file", "larger than")
+
+    def test_keyTooShort(self) -> None:
+        self.writeKey("node.key", KEY_HEX[:16])
+        self.fails(HOME, "mobile_node[0].key_file", "is 8 bytes long", "16 to 64 bytes")
+
+    def test_keyTooLong(self) -> None:
+        self.writeKey("node.key", "ab" * 65)
+        self.fails(HOME, "mobile_node[0].key_file", "is 65 bytes long")
+
+    def test_keyLengthLimits(self) -> None:
+        for n in (16, 64):
+            self.writeKey("node.key", "cd" * n)
+            _, auth = self.node(HOME)
+            self.assertEqual(len(auth.key), n)
+
+    def test_inlineBadHex(self) -> None:
+        secret = "s3cr3t-passphrase-not-hex"
+        e = self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{secret}"\n\n')),
+                       "mobile_node[0].key", "the key is not valid hex")
+        self.assertNotIn(secret, str(e))
+
+    def test_inlineKeyNotString(self) -> None:
+        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', "key = 1234\n\n")),
+                   "mobile_node[0].key", "must be a string, not an integer")
+
+    def test_inlineKeyTooShort(self) -> None:
+        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', 'key = "abcd"\n\n')),
+                   "mobile_node[0].key", "is 2 bytes long")
+
+    def test_algorithm(self) -> None:
+        _, auth = self.node(edit(HOME, ("spi = 1000", 'spi = 1000\nalgorithm = "hmac-sha256"')))
+        self.assertEqual(auth.algorithm, "hmac-sha256")
+
+    def test_badAlgorithm(self) -> None:
+        e = self.fails(edit(HOME, ("spi = 1000", f'spi = 1000\nalgorithm = "{INLINE_HEX}"')),
+                       "mobile_node[0].algorithm", "not a known choice", '"hmac-md5"',
+                       '"hmac-sha256"')
+        self.assertNotIn(INLINE_HEX, str(e))
+
+    def test_reprHidesKey(self) -> None:
+        """Neither C{repr} nor C{str} of an AuthKey or a config show the key."""
+        auth = AuthKey(spi=1000, key=bytes.fromhex(KEY_HEX), algorithm="hmac-md5")
+        for text in (repr(auth), str(auth)):
+            self.assertIn("1000", text)
+            self.assertIn("hmac-md5", text)
+            self.assertClean(text)
+            self.assertNotIn(repr(bytes.fromhex(KEY_HEX)), text)
+        c, _ = self.node(HOME)
+        self.assertClean(repr(c))
+        self.assertNotIn(repr(bytes.fromhex(KEY_HEX)), repr(c))
+
+    def test_authKeyEquality(self) -> None:
+        a = AuthKey(1000, bytes.fromhex(KEY_HEX))
+        self.assertEqual(a, AuthKey(1000, bytes.fromhex(KEY_HEX), "hmac-md5"))
+        self.assertEqual(hash(a), hash(AuthKey(1000, bytes.fromhex(KEY_HEX))))
+        self.assertNotEqual(a, AuthKey(1000, bytes.fromhex(INLINE_HEX)))
+        self.assertNotEqual(a, AuthKey(1001, bytes.fromhex(KEY_HEX)))
+        self.assertNotEqual(a, AuthKey(1000, bytes.fromhex(KEY_HEX), "hmac-sha256"))
+        self.assertNotEqual(a, "AuthKey")
+
+
+class ClientTests(ConfigTestCase):
+    """L{load_client}."""
+
+    def load(self, text: str) -> ClientConfig:
+        return load_client(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_client, text, key, *fragments)
+
+    def with_(self, line: str) -> str:
+        return CLIENT + line + "\n"
+
+    def test_defaults(self) -> None:
+        c = self.load(CLIENT)
+        expected: dict[str, Any] = {
+            "name": "laptop",
+            "home_address": IPv4Address("10.10.0.10"),
+            "home_agent": IPv4Address("192.0.2.1"),
+            "home_agent_port": 434,
+            "auth": AuthKey(1000, bytes.fromhex(KEY_HEX)),
+            "lifetime": 600,
+            "care_of_address": None,
+            "local_address": "0.0.0.0",
+            "local_port": 0,
+            "retransmit_initial": 1.0,
+            "retransmit_max": 32.0,
+            "max_attempts": 0,
+            "reregister_margin": 0.8,
+            "udp_tunnel": "auto",
+            "nai": None,
+            "status_file": None,
+            "warnings": (),
+        }
+        for name, value in expected.items():
+            self.assertEqual(getattr(c, name), value, name)
+
+    def test_everyKey(self) -> None:
+        c = self.load(CLIENT + "\n".join([
+            "home_agent_port = 4434", "lifetime = 30", 'care_of_address = "192.0.2.77"',
+            'local_address = "192.0.2.77"', "local_port = 4000", "retransmit_initial = 0.5",
+            "retransmit_max = 4", "max_attempts = 3", "reregister_margin = 0.5",
+            'udp_tunnel = "force"', 'nai = "laptop@example.org"', 'status_file = "st.json"',
+            'algorithm = "hmac-sha256"',
+        ]) + "\n")
+        self.assertEqual(c.home_agent_port, 4434)
+        self.assertEqual(c.lifetime, 30)
+        self.assertEqual(c.care_of_address, IPv4Address("192.0.2.77"))
+        self.assertEqual((c.local_address, c.local_port), ("192.0.2.77", 4000))
+        self.assertEqual((c.retransmit_initial, c.retransmit_max), (0.5, 4.0))
+        self.assertEqual((c.max_attempts, c.reregister_margin), (3, 0.5))
+        self.assertEqual((c.udp_tunnel, c.nai), ("force", "laptop@example.org"))
+        self.assertEqual(c.status_file, self.dir.absolute() / "st.json")
+        self.assertEqual(c.auth.algorithm, "hmac-sha256")
+
+    def test_udpTunnel(self) -> None:
+        for value in ("auto", "force", "off"):
+            self.assertEqual(self.load(self.with_(f'udp_tunnel = "{value}"')).udp_tunnel, value)
+        self.fails(self.with_('udp_tunnel = "yes"'), "client.udp_tunnel",
+                   "'yes' is not a known choice", '"auto", "force", "off"')
+        self.fails(self.with_("udp_tunnel = true"), "client.udp_tunnel",
+                   "must be a string, not a boolean")
+
+    def test_missingSection(self) -> None:
+        self.fails("", "client", "required section is missing", "[client]")
+
+    def test_unknownKey(self) -> None:
+        self.fails(self.with_("lifetme = 5"), "client.lifetme",
+                   "did you mean 'lifetime'", "reregister_margin")
+
+    def test_requiredKeys(self) -> None:
+        for line in ('name = "laptop"\n', 'home_address = "10.10.0.10"\n',
+                     'home_agent = "192.0.2.1"\n', "spi = 1000\n"):
+            key = "client." + line.split(" ")[0]
+            self.fails(edit(CLIENT, (line, "")), key, "required key is missing")
+
+    def test_badHomeAgent(self) -> None:
+        self.fails(edit(CLIENT, ('"192.0.2.1"', '"ha.example.org"')), "client.home_agent",
+                   "'ha.example.org' is not an IPv4 address")
+
+    def test_homeAgentIsHomeAddress(self) -> None:
+        self.fails(edit(CLIENT, ('"192.0.2.1"', '"10.10.0.10"')), "client.home_agent",
+                   "also client.home_address")
+
+    def test_careOfAddress(self) -> None:
+        self.fails(self.with_('care_of_address = "automatic"'), "client.care_of_address",
+                   "'automatic' is not an IPv4 address", '"auto"')
+        self.fails(self.with_("care_of_address = 1"), "client.care_of_address",
+                   "must be a string")
+
+    def test_lifetime(self) -> None:
+        self.fails(self.with_('lifetime = "600"'), "client.lifetime",
+                   "must be an integer, not a string")
+        self.fails(self.with_("lifetime = 0"), "client.lifetime", "out of range")
+        self.fails(self.with_("lifetime = 65536"), "client.lifetime", "out of range")
+
+    def test_localPort(self) -> None:
+        self.fails(self.with_("local_port = -1"), "client.local_port", "0 (any port) to 65535")
+        self.fails(self.with_("local_port = 65536"), "client.local_port", "out of range")
+        self.fails(self.with_("home_agent_port = 0"), "client.home_agent_port", "1 to 65535")
+
+    def test_localAddress(self) -> None:
+        self.fails(self.with_('local_address = "any"'), "client.local_address", "'any'")
+
+    def test_retransmit(self) -> None:
+        self.fails(self.with_("retransmit_initial = 0"), "client.retransmit_initial",
+                   "greater than 0")
+        self.fails(self.with_("retransmit_initial = 10.0\nretransmit_max = 5"),
+                   "client.retransmit_max", "less than client.retransmit_initial")
+        self.fails(self.with_("retransmit_max = nan"), "client.retransmit_max", "finite")
+        c = self.load(self.with_("retransmit_initial = 2\nretransmit_max = 2"))
+        self.assertEqual((c.retransmit_initial, c.retransmit_max), (2.0, 2.0))
+
+    def test_maxAttempts(self) -> None:
+        self.fails(self.with_("max_attempts = -1"), "client.max_attempts", "0 (retry forever)")
+        self.fails(self.with_("max_attempts = 1.0"), "client.max_attempts", "not a float")
+
+    def test_reregisterMargin(self) -> None:
+        for bad in ("0", "1", "1.5", "-0.1"):
+            self.fails(self.with_(f"reregister_margin = {bad}"), "client.reregister_margin",
+                       "between 0 and 1")
+
+    def test_nai(self) -> None:
+        self.fails(self.with_('nai = "@example.org"'), "client.nai", "not a valid NAI")
+
+    def test_keyWarning(self) -> None:
+        c = self.load(edit(CLIENT, ('key_file = "keys/node.key"', f'key = "{INLINE_HEX}"')))
+        (warning,) = c.warnings
+        self.assertIn("client.key", warning)
+        self.assertClean(warning)
+
+    def test_missingKeyFile(self) -> None:
+        self.fails(edit(CLIENT, ("keys/node.key", "keys/other.key")), "client.key_file",
+                   str(self.dir.absolute() / "keys" / "other.key"))
+
+
+class RelayTests(ConfigTestCase):
+    """L{load_relay}."""
+
+    def load(self, text: str) -> RelayConfig:
+        return load_relay(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_relay, text, key, *fragments)
+
+    def test_defaults(self) -> None:
+        c = self.load(RELAY)
+        self.assertEqual((c.listen, c.port), ("0.0.0.0", 434))
+        self.assertEqual(c.address, IPv4Address("198.51.100.1"))
+        self.assertEqual(c.home_agents, ((IPv4Address("192.0.2.1"),
+                                          AuthKey(2000, bytes.fromhex(KEY_HEX))),))
+        self.assertEqual(c.visitors, ())
+        self.assertEqual((c.max_lifetime, c.pending_timeout), (600, 7.0))
+        self.assertEqual(c.warnings, ())
+
+    def test_visitors(self) -> None:
+        c = self.load(RELAY + VISITOR + edit(VISITOR, ("laptop@home.example", "phone"),
+                                             ("3000", "3001")))
+        self.assertEqual([name for name, _ in c.visitors], ["laptop@home.example", "phone"])
+        self.assertEqual([a.spi for _, a in c.visitors], [3000, 3001])
+
+    def test_missingHomeAgent(self) -> None:
+        self.fails(RELAY.split("[[home_agent]]")[0], "home_agent", "required section is missing",
+                   "at least 1 [[home_agent]] table")
+
+    def test_missingAddress(self) -> None:
+        self.fails(edit(RELAY, ('address = "198.51.100.1"\n', "")), "relay.address",
+                   "required key is missing", "care-of address")
+
+    def test_duplicateHomeAgent(self) -> None:
+        second = RELAY.split("\n\n", 1)[1].replace("2000", "2001")
+        self.fails(RELAY + "\n" + second, "home_agent[1].address",
+                   "192.0.2.1 is already used by home_agent[0]")
+
+    def test_duplicateHomeAgentSPI(self) -> None:
+        second = RELAY.split("\n\n", 1)[1].replace("192.0.2.1", "192.0.2.2")
+        self.fails(RELAY + "\n" + second, "home_agent[1].spi", "SPI 2000 is already used")
+
+    def test_duplicateVisitor(self) -> None:
+        self.fails(RELAY + VISITOR + VISITOR.replace("3000", "3001"), "visitor[1].name",
+                   "already used by visitor[0]")
+        self.fails(RELAY + VISITOR + VISITOR.replace("laptop", "phone"), "visitor[1].spi",
+                   "SPI 3000 is already used by visitor[0]")
+
+    def test_badVisitorName(self) -> None:
+        self.fails(RELAY + VISITOR.replace("laptop@home.example", "two words"),
+                   "visitor[0].name", "neither a name nor an NAI")
+
+    def test_unknownVisitorKey(self) -> None:
+        self.fails(RELAY + VISITOR + "addr = '1.2.3.4'\n", "visitor[0].addr", "unknown key",
+                   "algorithm, key, key_file, name, spi")
+
+    def test_visitorKeyMissing(self) -> None:
+        self.fails(RELAY + VISITOR.replace('key_file = "keys/node.key"\n', ""),
+                   "visitor[0].key", "neither key nor key_file")
+
+    def test_pendingTimeout(self) -> None:
+        self.fails(edit(RELAY, ("[relay]\n", "[relay]\npending_timeout = 0\n")),
+                   "relay.pending_timeout", "greater than 0")
+
+    def test_port(self) -> None:
+        self.fails(edit(RELAY, ("[relay]\n", '[relay]\nport = "4434"\n')), "relay.port",
+                   "must be an integer, not a string")
+
+    def test_badHomeAgentAddress(self) -> None:
+        self.fails(edit(RELAY, ('"192.0.2.1"', '"192.0.2"')), "home_agent[0].address",
+                   "'192.0.2' is not an IPv4 address")
+
+
+class MuxTests(ConfigTestCase):
+    """L{load_mux}."""
+
+    def load(self, text: str) -> MuxConfig:
+        return load_mux(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_mux, text, key, *fragments)
+
+    def test_defaults(self) -> None:
+        c = self.load(edit(MUX, ("tls = false\n", "tls = true\ntls_cert = 'c.pem'\n"
+                                                  "tls_key = 'k.pem'\n")))
+        self.assertEqual((c.listen, c.port, c.tls), ("0.0.0.0", 8443, True))
+        self.assertEqual(c.tls_cert, self.dir.absolute() / "c.pem")
+        self.assertEqual(c.tls_key, self.dir.absolute() / "k.pem")
+        self.assertEqual((c.home_agent, c.home_agent_port), (IPv4Address("192.0.2.1"), 434))
+        self.assertEqual((c.socks_listen, c.socks_port), ("127.0.0.1", 1080))
+        self.assertEqual(c.state_db, self.dir.absolute() / "mux.sqlite")
+        self.assertEqual(c.warnings, ())
+
+    def test_tlsDefaultTrue(self) -> None:
+        """TLS is on by default, so a certificate and key are required."""
+        self.fails(edit(MUX, ("tls = false\n", "")), "mux.tls_cert",
+                   "required key is missing (mux.tls is true)")
+        self.fails(edit(MUX, ("tls = false\n", "tls_cert = 'c.pem'\n")), "mux.tls_key",
+                   "required key is missing")
+
+    def test_tlsOffIgnoresCert(self) -> None:
+        c = self.load(MUX + "tls_cert = 'c.pem'\n")
+        (warning,) = c.warnings
+        self.assertIn("mux.tls_cert", warning)
+        self.assertIn("ignored", warning)
+
+    def test_tlsNotBoolean(self) -> None:
+        self.fails(edit(MUX, ("tls = false", 'tls = "no"')), "mux.tls",
+                   "must be a boolean, not a string", "true or false")
+
+    def test_ipv6Listen(self) -> None:
+        c = self.load(MUX + 'listen = "::"\nsocks_listen = "::1"\n')
+        self.assertEqual((c.listen, c.socks_listen), ("::", "::1"))
+
+    def test_portClash(self) -> None:
+        self.fails(MUX + "port = 1080\n", "mux.socks_port", "also mux.port")
+        c = self.load(MUX + 'port = 1080\nlisten = "192.0.2.5"\n')
+        self.assertEqual(c.port, c.socks_port)
+
+    def test_missingHomeAgent(self) -> None:
+        self.fails(edit(MUX, ('home_agent = "192.0.2.1"\n', "")), "mux.home_agent",
+                   "required key is missing")
+
+    def test_missingStateDb(self) -> None:
+        self.fails(edit(MUX, ('state_db = "mux.sqlite"\n', "")), "mux.state_db",
+                   "required key is missing")
+
+    def test_unknownKey(self) -> None:
+        self.fails(MUX + "sock_port = 1\n", "mux.sock_port", "did you mean 'socks_port'")
+
+    def test_badSocksPort(self) -> None:
+        self.fails(MUX + "socks_port = 0\n", "mux.socks_port", "out of range")
+
+    def test_missingSection(self) -> None:
+        self.fails("[muxx]\n", "muxx", "unknown key", "mux")
+
+
+class ModeTests(ConfigTestCase):
+    """Warnings are returned, not printed, and keep their order."""
+
+    def test_orderAndNoOutput(self) -> None:
+        self.keyFile.chmod(0o644)
+        text = edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{INLINE_HEX}"\n\n'))
+        c = load_home(self.write(text))
+        self.assertEqual(len(c.warnings), 2)
+        self.assertIn("mobile_node[0].key:", c.warnings[0])
+        self.assertIn("mobile_node[1].key_file:", c.warnings[1])
+        for warning in c.warnings:
+            self.assertClean(warning)
+        self.assertEqual(os.stat(self.keyFile).st_mode & 0o777, 0o644)
