@@ -70,7 +70,12 @@ class Twistd:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM our process (by its PID only) and wait; SIGKILL if it hangs."""
+        """SIGTERM our process (by its PID only) and wait; SIGKILL if it hangs.
+
+        Returns 0 for a clean shutdown: twistd re-raises the SIGTERM it handled
+        once the reactor has stopped, so its status is -SIGTERM after a clean
+        "Server Shut Down"; anything else is returned as it is.
+        """
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -81,6 +86,8 @@ class Twistd:
                     self.proc.kill()
                     self.proc.wait(5)
             code = self.proc.returncode
+            if code == -signal.SIGTERM and "Server Shut Down." in self.text():
+                code = 0
             self.proc = None
         if not self._log.closed:
             self._log.close()

@@ -177,9 +177,7 @@ class ExampleTests(SynchronousTestCase):
         for warning in warnings:
             self.assertNotIn(key, warning)
             self.assertNotIn("00112233445566778899aabbccddeeff", warning)
-            self.assertTrue(
-                "group or other" in warning or "inline" in warning, warning
-            )
+            self.assertTrue("group or other" in warning or "inline" in warning, warning)
 
     def test_home(self) -> None:
         """etc/home.toml is the loopback first-run home agent."""
@@ -319,15 +317,23 @@ class HomeTests(ConfigTestCase):
 
     def test_everyKey(self) -> None:
         """Every key given explicitly is used."""
-        c = self.load(edit(
-            HOME,
-            ('state_db = "state/home.sqlite"\n',
-             'state_db = "/var/lib/x.sqlite"\nlisten = "192.0.2.1"\nport = 4434\n'
-             "replay_window = 2.5\nmax_lifetime = 900\n"),
-            ("spi = 1001\n",
-             'spi = 1001\nmax_lifetime = 60\nsimultaneous_bindings = 4\n'
-             'nai = "n2@example.org"\nalgorithm = "hmac-sha256"\n'),
-        ) + MANHOLE + 'listen = "::1"\nport = 2022\nhost_key = "hk"\n')
+        c = self.load(
+            edit(
+                HOME,
+                (
+                    'state_db = "state/home.sqlite"\n',
+                    'state_db = "/var/lib/x.sqlite"\nlisten = "192.0.2.1"\nport = 4434\n'
+                    "replay_window = 2.5\nmax_lifetime = 900\n",
+                ),
+                (
+                    "spi = 1001\n",
+                    "spi = 1001\nmax_lifetime = 60\nsimultaneous_bindings = 4\n"
+                    'nai = "n2@example.org"\nalgorithm = "hmac-sha256"\n',
+                ),
+            )
+            + MANHOLE
+            + 'listen = "::1"\nport = 2022\nhost_key = "hk"\n'
+        )
         self.assertEqual((c.listen, c.port), ("192.0.2.1", 4434))
         self.assertEqual((c.replay_window, c.max_lifetime), (2.5, 900))
         self.assertEqual(c.state_db, Path("/var/lib/x.sqlite"))
@@ -377,21 +383,39 @@ class HomeTests(ConfigTestCase):
         self.fails(text, "mobile_node", "single table", "[[mobile_node]]")
 
     def test_unknownTopLevel(self) -> None:
-        self.fails(HOME + "\n[manhol]\n", "manhol", "did you mean 'manhole'",
-                   "one of: home, manhole, mobile_node")
+        self.fails(
+            HOME + "\n[manhol]\n",
+            "manhol",
+            "did you mean 'manhole'",
+            "one of: home, manhole, mobile_node",
+        )
 
     def test_unknownHomeKey(self) -> None:
-        e = self.fails(edit(HOME, ("addresses =", "adresses =")), "home.adresses",
-                       "unknown key (did you mean 'addresses'?)", "addresses", "state_db")
+        e = self.fails(
+            edit(HOME, ("addresses =", "adresses =")),
+            "home.adresses",
+            "unknown key (did you mean 'addresses'?)",
+            "addresses",
+            "state_db",
+        )
         self.assertIn("replay_window", e.expected)
 
     def test_unknownNodeKey(self) -> None:
-        self.fails(edit(HOME, ("spi = 1001", "spi = 1001\nspii = 5")), "mobile_node[1].spii",
-                   "unknown key", "key_file", "simultaneous_bindings")
+        self.fails(
+            edit(HOME, ("spi = 1001", "spi = 1001\nspii = 5")),
+            "mobile_node[1].spii",
+            "unknown key",
+            "key_file",
+            "simultaneous_bindings",
+        )
 
     def test_unknownManholeKey(self) -> None:
-        self.fails(HOME + MANHOLE + "authorised_keys = 'x'\n", "manhole.authorised_keys",
-                   "unknown key", "authorized_keys")
+        self.fails(
+            HOME + MANHOLE + "authorised_keys = 'x'\n",
+            "manhole.authorised_keys",
+            "unknown key",
+            "authorized_keys",
+        )
 
     def test_unknownKeyBeforeMissing(self) -> None:
         """A typo is reported as such, not as the missing key it hides."""
@@ -400,178 +424,286 @@ class HomeTests(ConfigTestCase):
     # Addresses and networks
 
     def test_badAddress(self) -> None:
-        self.fails(edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.300"]')),
-                   "home.addresses[1]", "'192.0.2.300' is not an IPv4 address")
+        self.fails(
+            edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.300"]')),
+            "home.addresses[1]",
+            "'192.0.2.300' is not an IPv4 address",
+        )
 
     def test_ipv6Address(self) -> None:
         self.fails(edit(HOME, ('"192.0.2.1"]', '"2001:db8::1"]')), "home.addresses[0]", "IPv4")
 
     def test_addressNotString(self) -> None:
-        self.fails(edit(HOME, ('"192.0.2.1"]', "3221225985]")), "home.addresses[0]",
-                   "must be a string, not an integer")
+        self.fails(
+            edit(HOME, ('"192.0.2.1"]', "3221225985]")),
+            "home.addresses[0]",
+            "must be a string, not an integer",
+        )
 
     def test_addressesEmpty(self) -> None:
         self.fails(edit(HOME, ('["192.0.2.1"]', "[]")), "home.addresses", "is empty")
 
     def test_addressesNotArray(self) -> None:
-        self.fails(edit(HOME, ('["192.0.2.1"]', '"192.0.2.1"')), "home.addresses",
-                   "must be an array, not a string")
+        self.fails(
+            edit(HOME, ('["192.0.2.1"]', '"192.0.2.1"')),
+            "home.addresses",
+            "must be an array, not a string",
+        )
 
     def test_addressesMissing(self) -> None:
-        self.fails(edit(HOME, ('addresses = ["192.0.2.1"]\n', "")), "home.addresses",
-                   "required key is missing")
+        self.fails(
+            edit(HOME, ('addresses = ["192.0.2.1"]\n', "")),
+            "home.addresses",
+            "required key is missing",
+        )
 
     def test_addressTwice(self) -> None:
-        self.fails(edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.1"]')),
-                   "home.addresses[1]", "listed twice")
+        self.fails(
+            edit(HOME, ('"192.0.2.1"]', '"192.0.2.1", "192.0.2.1"]')),
+            "home.addresses[1]",
+            "listed twice",
+        )
 
     def test_listenNotIPv4(self) -> None:
-        self.fails(edit(HOME, ("[home]\n", '[home]\nlisten = "localhost"\n')), "home.listen",
-                   "'localhost' is not an IPv4 address")
+        self.fails(
+            edit(HOME, ("[home]\n", '[home]\nlisten = "localhost"\n')),
+            "home.listen",
+            "'localhost' is not an IPv4 address",
+        )
         self.fails(edit(HOME, ("[home]\n", '[home]\nlisten = "::"\n')), "home.listen", "IPv4")
 
     def test_networkHostBits(self) -> None:
-        self.fails(edit(HOME, ("10.10.0.0/24", "10.10.0.1/24")), "home.home_network",
-                   "'10.10.0.1/24' is not a valid IPv4 network", "no host bits")
+        self.fails(
+            edit(HOME, ("10.10.0.0/24", "10.10.0.1/24")),
+            "home.home_network",
+            "'10.10.0.1/24' is not a valid IPv4 network",
+            "no host bits",
+        )
 
     def test_networkGarbage(self) -> None:
         self.fails(edit(HOME, ("10.10.0.0/24", "ten")), "home.home_network", "'ten'")
 
     def test_homeAddressOutside(self) -> None:
-        self.fails(edit(HOME, ("10.10.0.11", "10.11.0.11")), "mobile_node[1].home_address",
-                   "10.11.0.11 is outside the home network", "10.10.0.0/24")
+        self.fails(
+            edit(HOME, ("10.10.0.11", "10.11.0.11")),
+            "mobile_node[1].home_address",
+            "10.11.0.11 is outside the home network",
+            "10.10.0.0/24",
+        )
 
     def test_homeAddressNetworkOrBroadcast(self) -> None:
-        self.fails(edit(HOME, ("10.10.0.10", "10.10.0.0")), "mobile_node[0].home_address",
-                   "broadcast")
-        self.fails(edit(HOME, ("10.10.0.10", "10.10.0.255")), "mobile_node[0].home_address",
-                   "broadcast")
+        self.fails(
+            edit(HOME, ("10.10.0.10", "10.10.0.0")), "mobile_node[0].home_address", "broadcast"
+        )
+        self.fails(
+            edit(HOME, ("10.10.0.10", "10.10.0.255")), "mobile_node[0].home_address", "broadcast"
+        )
 
     def test_homeAddressIsHomeAgent(self) -> None:
-        text = edit(HOME, ('["192.0.2.1"]', '["192.0.2.1", "10.10.0.1"]'),
-                    ("10.10.0.10", "10.10.0.1"))
+        text = edit(
+            HOME, ('["192.0.2.1"]', '["192.0.2.1", "10.10.0.1"]'), ("10.10.0.10", "10.10.0.1")
+        )
         self.fails(text, "mobile_node[0].home_address", "home agent's addresses")
 
     def test_homeAddressMissing(self) -> None:
-        self.fails(edit(HOME, ('home_address = "10.10.0.11"\n', "")),
-                   "mobile_node[1].home_address", "required key is missing")
+        self.fails(
+            edit(HOME, ('home_address = "10.10.0.11"\n', "")),
+            "mobile_node[1].home_address",
+            "required key is missing",
+        )
 
     # Duplicates
 
     def test_duplicateHomeAddress(self) -> None:
-        self.fails(edit(HOME, ("10.10.0.11", "10.10.0.10")), "mobile_node[1].home_address",
-                   "10.10.0.10 is already used by mobile_node[0]", "unique")
+        self.fails(
+            edit(HOME, ("10.10.0.11", "10.10.0.10")),
+            "mobile_node[1].home_address",
+            "10.10.0.10 is already used by mobile_node[0]",
+            "unique",
+        )
 
     def test_duplicateSPI(self) -> None:
-        self.fails(edit(HOME, ("spi = 1001", "spi = 1000")), "mobile_node[1].spi",
-                   "SPI 1000 is already used by mobile_node[0]")
+        self.fails(
+            edit(HOME, ("spi = 1001", "spi = 1000")),
+            "mobile_node[1].spi",
+            "SPI 1000 is already used by mobile_node[0]",
+        )
 
     def test_duplicateName(self) -> None:
-        self.fails(edit(HOME, ('name = "n2"', 'name = "n1"')), "mobile_node[1].name",
-                   "'n1' is already used by mobile_node[0]")
+        self.fails(
+            edit(HOME, ('name = "n2"', 'name = "n1"')),
+            "mobile_node[1].name",
+            "'n1' is already used by mobile_node[0]",
+        )
 
     def test_duplicateNAI(self) -> None:
-        text = edit(HOME, ("spi = 1000", 'spi = 1000\nnai = "a@example.org"'),
-                    ("spi = 1001", 'spi = 1001\nnai = "A@Example.org"'))
+        text = edit(
+            HOME,
+            ("spi = 1000", 'spi = 1000\nnai = "a@example.org"'),
+            ("spi = 1001", 'spi = 1001\nnai = "A@Example.org"'),
+        )
         self.fails(text, "mobile_node[1].nai", "already used by mobile_node[0]")
 
     # Names
 
     def test_badName(self) -> None:
-        self.fails(edit(HOME, ('name = "n2"', 'name = "has space"')), "mobile_node[1].name",
-                   "'has space' is not a valid name", "A-Z")
+        self.fails(
+            edit(HOME, ('name = "n2"', 'name = "has space"')),
+            "mobile_node[1].name",
+            "'has space' is not a valid name",
+            "A-Z",
+        )
         self.fails(edit(HOME, ('name = "n2"', 'name = ""')), "mobile_node[1].name")
         self.fails(edit(HOME, ('name = "n2"', f'name = "{"x" * 65}"')), "mobile_node[1].name")
 
     def test_badNAI(self) -> None:
-        self.fails(edit(HOME, ("spi = 1000", 'spi = 1000\nnai = "no-at-sign"')),
-                   "mobile_node[0].nai", "'no-at-sign' is not a valid NAI")
-        self.fails(edit(HOME, ("spi = 1000", "spi = 1000\nnai = 7")),
-                   "mobile_node[0].nai", "must be a string, not an integer")
+        self.fails(
+            edit(HOME, ("spi = 1000", 'spi = 1000\nnai = "no-at-sign"')),
+            "mobile_node[0].nai",
+            "'no-at-sign' is not a valid NAI",
+        )
+        self.fails(
+            edit(HOME, ("spi = 1000", "spi = 1000\nnai = 7")),
+            "mobile_node[0].nai",
+            "must be a string, not an integer",
+        )
 
     # SPI
 
     def test_reservedSPI(self) -> None:
-        e = self.fails(edit(HOME, ("spi = 1000", "spi = 255")), "mobile_node[0].spi",
-                       "255 is out of range", "256", "reserved by RFC 5944")
+        e = self.fails(
+            edit(HOME, ("spi = 1000", "spi = 255")),
+            "mobile_node[0].spi",
+            "255 is out of range",
+            "256",
+            "reserved by RFC 5944",
+        )
         self.assertIn("4294967295", e.expected)
 
     def test_spiTooLarge(self) -> None:
-        self.fails(edit(HOME, ("spi = 1000", "spi = 4294967296")), "mobile_node[0].spi",
-                   "out of range")
+        self.fails(
+            edit(HOME, ("spi = 1000", "spi = 4294967296")), "mobile_node[0].spi", "out of range"
+        )
 
     def test_spiString(self) -> None:
-        self.fails(edit(HOME, ("spi = 1000", 'spi = "1000"')), "mobile_node[0].spi",
-                   "must be an integer, not a string")
+        self.fails(
+            edit(HOME, ("spi = 1000", 'spi = "1000"')),
+            "mobile_node[0].spi",
+            "must be an integer, not a string",
+        )
 
     def test_spiMissing(self) -> None:
-        self.fails(edit(HOME, ("spi = 1000\n", "")), "mobile_node[0].spi",
-                   "required key is missing")
+        self.fails(
+            edit(HOME, ("spi = 1000\n", "")), "mobile_node[0].spi", "required key is missing"
+        )
 
     # Numbers
 
     def test_portString(self) -> None:
-        self.fails(edit(HOME, ("[home]\n", '[home]\nport = "434"\n')), "home.port",
-                   "must be an integer, not a string", "1 to 65535")
+        self.fails(
+            edit(HOME, ("[home]\n", '[home]\nport = "434"\n')),
+            "home.port",
+            "must be an integer, not a string",
+            "1 to 65535",
+        )
 
     def test_portBoolean(self) -> None:
-        self.fails(edit(HOME, ("[home]\n", "[home]\nport = true\n")), "home.port",
-                   "must be an integer, not a boolean")
+        self.fails(
+            edit(HOME, ("[home]\n", "[home]\nport = true\n")),
+            "home.port",
+            "must be an integer, not a boolean",
+        )
 
     def test_portRange(self) -> None:
         for bad in ("0", "65536", "-1"):
-            self.fails(edit(HOME, ("[home]\n", f"[home]\nport = {bad}\n")), "home.port",
-                       f"{bad} is out of range")
+            self.fails(
+                edit(HOME, ("[home]\n", f"[home]\nport = {bad}\n")),
+                "home.port",
+                f"{bad} is out of range",
+            )
 
     def test_maxLifetime(self) -> None:
         for bad in ("0", "65536"):
-            self.fails(edit(HOME, ("[home]\n", f"[home]\nmax_lifetime = {bad}\n")),
-                       "home.max_lifetime", "out of range", "1 to 65535")
-        self.fails(edit(HOME, ("[home]\n", "[home]\nmax_lifetime = 600.5\n")),
-                   "home.max_lifetime", "must be an integer, not a float")
-        self.fails(edit(HOME, ("spi = 1001", 'spi = 1001\nmax_lifetime = "600"')),
-                   "mobile_node[1].max_lifetime", "must be an integer, not a string")
+            self.fails(
+                edit(HOME, ("[home]\n", f"[home]\nmax_lifetime = {bad}\n")),
+                "home.max_lifetime",
+                "out of range",
+                "1 to 65535",
+            )
+        self.fails(
+            edit(HOME, ("[home]\n", "[home]\nmax_lifetime = 600.5\n")),
+            "home.max_lifetime",
+            "must be an integer, not a float",
+        )
+        self.fails(
+            edit(HOME, ("spi = 1001", 'spi = 1001\nmax_lifetime = "600"')),
+            "mobile_node[1].max_lifetime",
+            "must be an integer, not a string",
+        )
 
     def test_replayWindow(self) -> None:
         for bad in ("0", "-1", "3600.5", "inf"):
-            self.fails(edit(HOME, ("[home]\n", f"[home]\nreplay_window = {bad}\n")),
-                       "home.replay_window", "greater than 0 and at most 3600")
-        self.fails(edit(HOME, ("[home]\n", "[home]\nreplay_window = nan\n")),
-                   "home.replay_window", "finite")
-        self.fails(edit(HOME, ("[home]\n", '[home]\nreplay_window = "7"\n')),
-                   "home.replay_window", "must be a number, not a string")
+            self.fails(
+                edit(HOME, ("[home]\n", f"[home]\nreplay_window = {bad}\n")),
+                "home.replay_window",
+                "greater than 0 and at most 3600",
+            )
+        self.fails(
+            edit(HOME, ("[home]\n", "[home]\nreplay_window = nan\n")),
+            "home.replay_window",
+            "finite",
+        )
+        self.fails(
+            edit(HOME, ("[home]\n", '[home]\nreplay_window = "7"\n')),
+            "home.replay_window",
+            "must be a number, not a string",
+        )
 
     def test_simultaneousBindings(self) -> None:
         for bad in ("0", "17"):
-            self.fails(edit(HOME, ("spi = 1001", f"spi = 1001\nsimultaneous_bindings = {bad}")),
-                       "mobile_node[1].simultaneous_bindings", "1 to 16")
+            self.fails(
+                edit(HOME, ("spi = 1001", f"spi = 1001\nsimultaneous_bindings = {bad}")),
+                "mobile_node[1].simultaneous_bindings",
+                "1 to 16",
+            )
 
     # Paths
 
     def test_stateDbMissing(self) -> None:
-        self.fails(edit(HOME, ('state_db = "state/home.sqlite"\n', "")), "home.state_db",
-                   "required key is missing")
+        self.fails(
+            edit(HOME, ('state_db = "state/home.sqlite"\n', "")),
+            "home.state_db",
+            "required key is missing",
+        )
 
     def test_stateDbNotString(self) -> None:
-        self.fails(edit(HOME, ('"state/home.sqlite"', "1")), "home.state_db",
-                   "must be a string")
-        self.fails(edit(HOME, ('"state/home.sqlite"', '""')), "home.state_db",
-                   "not a usable path")
+        self.fails(edit(HOME, ('"state/home.sqlite"', "1")), "home.state_db", "must be a string")
+        self.fails(edit(HOME, ('"state/home.sqlite"', '""')), "home.state_db", "not a usable path")
 
     # Manhole
 
     def test_manholeNotLoopback(self) -> None:
         for bad in ("0.0.0.0", "192.0.2.1", "::"):
-            self.fails(HOME + MANHOLE + f'listen = "{bad}"\n', "manhole.listen",
-                       "is not a loopback address", "127.0.0.1")
+            self.fails(
+                HOME + MANHOLE + f'listen = "{bad}"\n',
+                "manhole.listen",
+                "is not a loopback address",
+                "127.0.0.1",
+            )
 
     def test_manholeListenGarbage(self) -> None:
-        self.fails(HOME + MANHOLE + 'listen = "localhost"\n', "manhole.listen",
-                   "'localhost' is not an IP address")
+        self.fails(
+            HOME + MANHOLE + 'listen = "localhost"\n',
+            "manhole.listen",
+            "'localhost' is not an IP address",
+        )
 
     def test_manholeAuthorizedKeysMissing(self) -> None:
-        self.fails(HOME + "\n[manhole]\nport = 2222\n", "manhole.authorized_keys",
-                   "required key is missing")
+        self.fails(
+            HOME + "\n[manhole]\nport = 2222\n",
+            "manhole.authorized_keys",
+            "required key is missing",
+        )
 
     def test_manholePort(self) -> None:
         self.fails(HOME + MANHOLE + "port = 99999\n", "manhole.port", "out of range")
@@ -612,8 +744,9 @@ class AuthTests(ConfigTestCase):
 
     def test_inlineKey(self) -> None:
         """An inline key works but gives a warning without the key."""
-        c, auth = self.node(edit(HOME, ('key_file = "keys/node.key"\n\n',
-                                        f'key = "{INLINE_HEX}"\n\n')))
+        c, auth = self.node(
+            edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{INLINE_HEX}"\n\n'))
+        )
         self.assertEqual(auth.key, bytes.fromhex(INLINE_HEX))
         (warning,) = c.warnings
         self.assertTrue(warning.startswith(f"{self.dir / 'test.toml'}: mobile_node[0].key: "))
@@ -651,28 +784,43 @@ class AuthTests(ConfigTestCase):
             self.assertEqual(c.warnings, ())
 
     def test_bothKeyAndKeyFile(self) -> None:
-        self.fails(edit(HOME, ("spi = 1000", f'spi = 1000\nkey = "{INLINE_HEX}"')),
-                   "mobile_node[0].key", "both key and key_file", "exactly one of")
+        self.fails(
+            edit(HOME, ("spi = 1000", f'spi = 1000\nkey = "{INLINE_HEX}"')),
+            "mobile_node[0].key",
+            "both key and key_file",
+            "exactly one of",
+        )
 
     def test_neitherKeyNorKeyFile(self) -> None:
-        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', "\n")),
-                   "mobile_node[0].key", "neither key nor key_file", "exactly one of")
+        self.fails(
+            edit(HOME, ('key_file = "keys/node.key"\n\n', "\n")),
+            "mobile_node[0].key",
+            "neither key nor key_file",
+            "exactly one of",
+        )
 
     def test_missingKeyFile(self) -> None:
-        e = self.fails(edit(HOME, ('"keys/node.key"\n\n', '"keys/gone.key"\n\n')),
-                       "mobile_node[0].key_file", "cannot read key file",
-                       str(self.dir.absolute() / "keys" / "gone.key"))
+        e = self.fails(
+            edit(HOME, ('"keys/node.key"\n\n', '"keys/gone.key"\n\n')),
+            "mobile_node[0].key_file",
+            "cannot read key file",
+            str(self.dir.absolute() / "keys" / "gone.key"),
+        )
         self.assertIn("No such file", str(e))
 
     def test_keyFileDirectory(self) -> None:
-        self.fails(edit(HOME, ('"keys/node.key"\n\n', '"keys"\n\n')),
-                   "mobile_node[0].key_file", "not a regular file")
+        self.fails(
+            edit(HOME, ('"keys/node.key"\n\n', '"keys"\n\n')),
+            "mobile_node[0].key_file",
+            "not a regular file",
+        )
 
     def test_keyFileBadHex(self) -> None:
         """Bad hex is refused and the content is not echoed."""
         self.writeKey("node.key", INLINE_HEX[:-2] + "zz\n")
-        e = self.fails(HOME, "mobile_node[0].key_file", "is not valid hex",
-                       str(self.keyFile.absolute()))
+        e = self.fails(
+            HOME, "mobile_node[0].key_file", "is not valid hex", str(self.keyFile.absolute())
+        )
         self.assertNotIn(INLINE_HEX[:-2], str(e))
 
     def test_keyFileOddDigits(self) -> None:
@@ -707,26 +855,39 @@ class AuthTests(ConfigTestCase):
 
     def test_inlineBadHex(self) -> None:
         secret = "s3cr3t-passphrase-not-hex"
-        e = self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{secret}"\n\n')),
-                       "mobile_node[0].key", "the key is not valid hex")
+        e = self.fails(
+            edit(HOME, ('key_file = "keys/node.key"\n\n', f'key = "{secret}"\n\n')),
+            "mobile_node[0].key",
+            "the key is not valid hex",
+        )
         self.assertNotIn(secret, str(e))
 
     def test_inlineKeyNotString(self) -> None:
-        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', "key = 1234\n\n")),
-                   "mobile_node[0].key", "must be a string, not an integer")
+        self.fails(
+            edit(HOME, ('key_file = "keys/node.key"\n\n', "key = 1234\n\n")),
+            "mobile_node[0].key",
+            "must be a string, not an integer",
+        )
 
     def test_inlineKeyTooShort(self) -> None:
-        self.fails(edit(HOME, ('key_file = "keys/node.key"\n\n', 'key = "abcd"\n\n')),
-                   "mobile_node[0].key", "is 2 bytes long")
+        self.fails(
+            edit(HOME, ('key_file = "keys/node.key"\n\n', 'key = "abcd"\n\n')),
+            "mobile_node[0].key",
+            "is 2 bytes long",
+        )
 
     def test_algorithm(self) -> None:
         _, auth = self.node(edit(HOME, ("spi = 1000", 'spi = 1000\nalgorithm = "hmac-sha256"')))
         self.assertEqual(auth.algorithm, "hmac-sha256")
 
     def test_badAlgorithm(self) -> None:
-        e = self.fails(edit(HOME, ("spi = 1000", f'spi = 1000\nalgorithm = "{INLINE_HEX}"')),
-                       "mobile_node[0].algorithm", "not a known choice", '"hmac-md5"',
-                       '"hmac-sha256"')
+        e = self.fails(
+            edit(HOME, ("spi = 1000", f'spi = 1000\nalgorithm = "{INLINE_HEX}"')),
+            "mobile_node[0].algorithm",
+            "not a known choice",
+            '"hmac-md5"',
+            '"hmac-sha256"',
+        )
         self.assertNotIn(INLINE_HEX, str(e))
 
     def test_reprHidesKey(self) -> None:
@@ -788,13 +949,27 @@ class ClientTests(ConfigTestCase):
             self.assertEqual(getattr(c, name), value, name)
 
     def test_everyKey(self) -> None:
-        c = self.load(CLIENT + "\n".join([
-            "home_agent_port = 4434", "lifetime = 30", 'care_of_address = "192.0.2.77"',
-            'local_address = "192.0.2.77"', "local_port = 4000", "retransmit_initial = 0.5",
-            "retransmit_max = 4", "max_attempts = 3", "reregister_margin = 0.5",
-            'udp_tunnel = "force"', 'nai = "laptop@example.org"', 'status_file = "st.json"',
-            'algorithm = "hmac-sha256"',
-        ]) + "\n")
+        c = self.load(
+            CLIENT
+            + "\n".join(
+                [
+                    "home_agent_port = 4434",
+                    "lifetime = 30",
+                    'care_of_address = "192.0.2.77"',
+                    'local_address = "192.0.2.77"',
+                    "local_port = 4000",
+                    "retransmit_initial = 0.5",
+                    "retransmit_max = 4",
+                    "max_attempts = 3",
+                    "reregister_margin = 0.5",
+                    'udp_tunnel = "force"',
+                    'nai = "laptop@example.org"',
+                    'status_file = "st.json"',
+                    'algorithm = "hmac-sha256"',
+                ]
+            )
+            + "\n"
+        )
         self.assertEqual(c.home_agent_port, 4434)
         self.assertEqual(c.lifetime, 30)
         self.assertEqual(c.care_of_address, IPv4Address("192.0.2.77"))
@@ -808,41 +983,64 @@ class ClientTests(ConfigTestCase):
     def test_udpTunnel(self) -> None:
         for value in ("auto", "force", "off"):
             self.assertEqual(self.load(self.with_(f'udp_tunnel = "{value}"')).udp_tunnel, value)
-        self.fails(self.with_('udp_tunnel = "yes"'), "client.udp_tunnel",
-                   "'yes' is not a known choice", '"auto", "force", "off"')
-        self.fails(self.with_("udp_tunnel = true"), "client.udp_tunnel",
-                   "must be a string, not a boolean")
+        self.fails(
+            self.with_('udp_tunnel = "yes"'),
+            "client.udp_tunnel",
+            "'yes' is not a known choice",
+            '"auto", "force", "off"',
+        )
+        self.fails(
+            self.with_("udp_tunnel = true"), "client.udp_tunnel", "must be a string, not a boolean"
+        )
 
     def test_missingSection(self) -> None:
         self.fails("", "client", "required section is missing", "[client]")
 
     def test_unknownKey(self) -> None:
-        self.fails(self.with_("lifetme = 5"), "client.lifetme",
-                   "did you mean 'lifetime'", "reregister_margin")
+        self.fails(
+            self.with_("lifetme = 5"),
+            "client.lifetme",
+            "did you mean 'lifetime'",
+            "reregister_margin",
+        )
 
     def test_requiredKeys(self) -> None:
-        for line in ('name = "laptop"\n', 'home_address = "10.10.0.10"\n',
-                     'home_agent = "192.0.2.1"\n', "spi = 1000\n"):
+        for line in (
+            'name = "laptop"\n',
+            'home_address = "10.10.0.10"\n',
+            'home_agent = "192.0.2.1"\n',
+            "spi = 1000\n",
+        ):
             key = "client." + line.split(" ")[0]
             self.fails(edit(CLIENT, (line, "")), key, "required key is missing")
 
     def test_badHomeAgent(self) -> None:
-        self.fails(edit(CLIENT, ('"192.0.2.1"', '"ha.example.org"')), "client.home_agent",
-                   "'ha.example.org' is not an IPv4 address")
+        self.fails(
+            edit(CLIENT, ('"192.0.2.1"', '"ha.example.org"')),
+            "client.home_agent",
+            "'ha.example.org' is not an IPv4 address",
+        )
 
     def test_homeAgentIsHomeAddress(self) -> None:
-        self.fails(edit(CLIENT, ('"192.0.2.1"', '"10.10.0.10"')), "client.home_agent",
-                   "also client.home_address")
+        self.fails(
+            edit(CLIENT, ('"192.0.2.1"', '"10.10.0.10"')),
+            "client.home_agent",
+            "also client.home_address",
+        )
 
     def test_careOfAddress(self) -> None:
-        self.fails(self.with_('care_of_address = "automatic"'), "client.care_of_address",
-                   "'automatic' is not an IPv4 address", '"auto"')
-        self.fails(self.with_("care_of_address = 1"), "client.care_of_address",
-                   "must be a string")
+        self.fails(
+            self.with_('care_of_address = "automatic"'),
+            "client.care_of_address",
+            "'automatic' is not an IPv4 address",
+            '"auto"',
+        )
+        self.fails(self.with_("care_of_address = 1"), "client.care_of_address", "must be a string")
 
     def test_lifetime(self) -> None:
-        self.fails(self.with_('lifetime = "600"'), "client.lifetime",
-                   "must be an integer, not a string")
+        self.fails(
+            self.with_('lifetime = "600"'), "client.lifetime", "must be an integer, not a string"
+        )
         self.fails(self.with_("lifetime = 0"), "client.lifetime", "out of range")
         self.fails(self.with_("lifetime = 65536"), "client.lifetime", "out of range")
 
@@ -855,10 +1053,14 @@ class ClientTests(ConfigTestCase):
         self.fails(self.with_('local_address = "any"'), "client.local_address", "'any'")
 
     def test_retransmit(self) -> None:
-        self.fails(self.with_("retransmit_initial = 0"), "client.retransmit_initial",
-                   "greater than 0")
-        self.fails(self.with_("retransmit_initial = 10.0\nretransmit_max = 5"),
-                   "client.retransmit_max", "less than client.retransmit_initial")
+        self.fails(
+            self.with_("retransmit_initial = 0"), "client.retransmit_initial", "greater than 0"
+        )
+        self.fails(
+            self.with_("retransmit_initial = 10.0\nretransmit_max = 5"),
+            "client.retransmit_max",
+            "less than client.retransmit_initial",
+        )
         self.fails(self.with_("retransmit_max = nan"), "client.retransmit_max", "finite")
         c = self.load(self.with_("retransmit_initial = 2\nretransmit_max = 2"))
         self.assertEqual((c.retransmit_initial, c.retransmit_max), (2.0, 2.0))
@@ -869,8 +1071,11 @@ class ClientTests(ConfigTestCase):
 
     def test_reregisterMargin(self) -> None:
         for bad in ("0", "1", "1.5", "-0.1"):
-            self.fails(self.with_(f"reregister_margin = {bad}"), "client.reregister_margin",
-                       "between 0 and 1")
+            self.fails(
+                self.with_(f"reregister_margin = {bad}"),
+                "client.reregister_margin",
+                "between 0 and 1",
+            )
 
     def test_nai(self) -> None:
         self.fails(self.with_('nai = "@example.org"'), "client.nai", "not a valid NAI")
@@ -882,8 +1087,11 @@ class ClientTests(ConfigTestCase):
         self.assertClean(warning)
 
     def test_missingKeyFile(self) -> None:
-        self.fails(edit(CLIENT, ("keys/node.key", "keys/other.key")), "client.key_file",
-                   str(self.dir.absolute() / "keys" / "other.key"))
+        self.fails(
+            edit(CLIENT, ("keys/node.key", "keys/other.key")),
+            "client.key_file",
+            str(self.dir.absolute() / "keys" / "other.key"),
+        )
 
 
 class RelayTests(ConfigTestCase):
@@ -899,64 +1107,102 @@ class RelayTests(ConfigTestCase):
         c = self.load(RELAY)
         self.assertEqual((c.listen, c.port), ("0.0.0.0", 434))
         self.assertEqual(c.address, IPv4Address("198.51.100.1"))
-        self.assertEqual(c.home_agents, ((IPv4Address("192.0.2.1"),
-                                          AuthKey(2000, bytes.fromhex(KEY_HEX))),))
+        self.assertEqual(
+            c.home_agents, ((IPv4Address("192.0.2.1"), AuthKey(2000, bytes.fromhex(KEY_HEX))),)
+        )
         self.assertEqual(c.visitors, ())
         self.assertEqual((c.max_lifetime, c.pending_timeout), (600, 7.0))
         self.assertEqual(c.warnings, ())
 
     def test_visitors(self) -> None:
-        c = self.load(RELAY + VISITOR + edit(VISITOR, ("laptop@home.example", "phone"),
-                                             ("3000", "3001")))
+        c = self.load(
+            RELAY + VISITOR + edit(VISITOR, ("laptop@home.example", "phone"), ("3000", "3001"))
+        )
         self.assertEqual([name for name, _ in c.visitors], ["laptop@home.example", "phone"])
         self.assertEqual([a.spi for _, a in c.visitors], [3000, 3001])
 
     def test_missingHomeAgent(self) -> None:
-        self.fails(RELAY.split("[[home_agent]]")[0], "home_agent", "required section is missing",
-                   "at least 1 [[home_agent]] table")
+        self.fails(
+            RELAY.split("[[home_agent]]")[0],
+            "home_agent",
+            "required section is missing",
+            "at least 1 [[home_agent]] table",
+        )
 
     def test_missingAddress(self) -> None:
-        self.fails(edit(RELAY, ('address = "198.51.100.1"\n', "")), "relay.address",
-                   "required key is missing", "care-of address")
+        self.fails(
+            edit(RELAY, ('address = "198.51.100.1"\n', "")),
+            "relay.address",
+            "required key is missing",
+            "care-of address",
+        )
 
     def test_duplicateHomeAgent(self) -> None:
         second = RELAY.split("\n\n", 1)[1].replace("2000", "2001")
-        self.fails(RELAY + "\n" + second, "home_agent[1].address",
-                   "192.0.2.1 is already used by home_agent[0]")
+        self.fails(
+            RELAY + "\n" + second,
+            "home_agent[1].address",
+            "192.0.2.1 is already used by home_agent[0]",
+        )
 
     def test_duplicateHomeAgentSPI(self) -> None:
         second = RELAY.split("\n\n", 1)[1].replace("192.0.2.1", "192.0.2.2")
         self.fails(RELAY + "\n" + second, "home_agent[1].spi", "SPI 2000 is already used")
 
     def test_duplicateVisitor(self) -> None:
-        self.fails(RELAY + VISITOR + VISITOR.replace("3000", "3001"), "visitor[1].name",
-                   "already used by visitor[0]")
-        self.fails(RELAY + VISITOR + VISITOR.replace("laptop", "phone"), "visitor[1].spi",
-                   "SPI 3000 is already used by visitor[0]")
+        self.fails(
+            RELAY + VISITOR + VISITOR.replace("3000", "3001"),
+            "visitor[1].name",
+            "already used by visitor[0]",
+        )
+        self.fails(
+            RELAY + VISITOR + VISITOR.replace("laptop", "phone"),
+            "visitor[1].spi",
+            "SPI 3000 is already used by visitor[0]",
+        )
 
     def test_badVisitorName(self) -> None:
-        self.fails(RELAY + VISITOR.replace("laptop@home.example", "two words"),
-                   "visitor[0].name", "neither a name nor an NAI")
+        self.fails(
+            RELAY + VISITOR.replace("laptop@home.example", "two words"),
+            "visitor[0].name",
+            "neither a name nor an NAI",
+        )
 
     def test_unknownVisitorKey(self) -> None:
-        self.fails(RELAY + VISITOR + "addr = '1.2.3.4'\n", "visitor[0].addr", "unknown key",
-                   "algorithm, key, key_file, name, spi")
+        self.fails(
+            RELAY + VISITOR + "addr = '1.2.3.4'\n",
+            "visitor[0].addr",
+            "unknown key",
+            "algorithm, key, key_file, name, spi",
+        )
 
     def test_visitorKeyMissing(self) -> None:
-        self.fails(RELAY + VISITOR.replace('key_file = "keys/node.key"\n', ""),
-                   "visitor[0].key", "neither key nor key_file")
+        self.fails(
+            RELAY + VISITOR.replace('key_file = "keys/node.key"\n', ""),
+            "visitor[0].key",
+            "neither key nor key_file",
+        )
 
     def test_pendingTimeout(self) -> None:
-        self.fails(edit(RELAY, ("[relay]\n", "[relay]\npending_timeout = 0\n")),
-                   "relay.pending_timeout", "greater than 0")
+        self.fails(
+            edit(RELAY, ("[relay]\n", "[relay]\npending_timeout = 0\n")),
+            "relay.pending_timeout",
+            "greater than 0",
+        )
 
     def test_port(self) -> None:
-        self.fails(edit(RELAY, ("[relay]\n", '[relay]\nport = "4434"\n')), "relay.port",
-                   "must be an integer, not a string")
+        self.fails(
+            edit(RELAY, ("[relay]\n", '[relay]\nport = "4434"\n')),
+            "relay.port",
+            "must be an integer, not a string",
+        )
 
     def test_badHomeAgentAddress(self) -> None:
-        self.fails(edit(RELAY, ('"192.0.2.1"', '"192.0.2"')), "home_agent[0].address",
-                   "'192.0.2' is not an IPv4 address")
+        self.fails(
+            edit(RELAY, ('"192.0.2.1"', '"192.0.2"')),
+            "home_agent[0].address",
+            "'192.0.2' is not an IPv4 address",
+        )
 
 
 class MuxTests(ConfigTestCase):
@@ -969,8 +1215,9 @@ class MuxTests(ConfigTestCase):
         return self.assertError(load_mux, text, key, *fragments)
 
     def test_defaults(self) -> None:
-        c = self.load(edit(MUX, ("tls = false\n", "tls = true\ntls_cert = 'c.pem'\n"
-                                                  "tls_key = 'k.pem'\n")))
+        c = self.load(
+            edit(MUX, ("tls = false\n", "tls = true\ntls_cert = 'c.pem'\ntls_key = 'k.pem'\n"))
+        )
         self.assertEqual((c.listen, c.port, c.tls), ("0.0.0.0", 8443, True))
         self.assertEqual(c.tls_cert, self.dir.absolute() / "c.pem")
         self.assertEqual(c.tls_key, self.dir.absolute() / "k.pem")
@@ -981,10 +1228,16 @@ class MuxTests(ConfigTestCase):
 
     def test_tlsDefaultTrue(self) -> None:
         """TLS is on by default, so a certificate and key are required."""
-        self.fails(edit(MUX, ("tls = false\n", "")), "mux.tls_cert",
-                   "required key is missing (mux.tls is true)")
-        self.fails(edit(MUX, ("tls = false\n", "tls_cert = 'c.pem'\n")), "mux.tls_key",
-                   "required key is missing")
+        self.fails(
+            edit(MUX, ("tls = false\n", "")),
+            "mux.tls_cert",
+            "required key is missing (mux.tls is true)",
+        )
+        self.fails(
+            edit(MUX, ("tls = false\n", "tls_cert = 'c.pem'\n")),
+            "mux.tls_key",
+            "required key is missing",
+        )
 
     def test_tlsOffIgnoresCert(self) -> None:
         c = self.load(MUX + "tls_cert = 'c.pem'\n")
@@ -993,8 +1246,12 @@ class MuxTests(ConfigTestCase):
         self.assertIn("ignored", warning)
 
     def test_tlsNotBoolean(self) -> None:
-        self.fails(edit(MUX, ("tls = false", 'tls = "no"')), "mux.tls",
-                   "must be a boolean, not a string", "true or false")
+        self.fails(
+            edit(MUX, ("tls = false", 'tls = "no"')),
+            "mux.tls",
+            "must be a boolean, not a string",
+            "true or false",
+        )
 
     def test_ipv6Listen(self) -> None:
         c = self.load(MUX + 'listen = "::"\nsocks_listen = "::1"\n')
@@ -1006,12 +1263,16 @@ class MuxTests(ConfigTestCase):
         self.assertEqual(c.port, c.socks_port)
 
     def test_missingHomeAgent(self) -> None:
-        self.fails(edit(MUX, ('home_agent = "192.0.2.1"\n', "")), "mux.home_agent",
-                   "required key is missing")
+        self.fails(
+            edit(MUX, ('home_agent = "192.0.2.1"\n', "")),
+            "mux.home_agent",
+            "required key is missing",
+        )
 
     def test_missingStateDb(self) -> None:
-        self.fails(edit(MUX, ('state_db = "mux.sqlite"\n', "")), "mux.state_db",
-                   "required key is missing")
+        self.fails(
+            edit(MUX, ('state_db = "mux.sqlite"\n', "")), "mux.state_db", "required key is missing"
+        )
 
     def test_unknownKey(self) -> None:
         self.fails(MUX + "sock_port = 1\n", "mux.sock_port", "did you mean 'socks_port'")

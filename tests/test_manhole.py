@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def _new_client_key(kind: str = "ed25519") -> tuple[bytes, bytes]:
     return private_text, public_line
 
 
-def _messages(events: list[LogEvent] | Any) -> list[str]:
+def _messages(events: Sequence[LogEvent]) -> list[str]:
     return [formatEvent(event) for event in events]
 
 
