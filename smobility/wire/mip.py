@@ -133,7 +133,7 @@ _REPLY_FIXED = struct.Struct("!BBH4s4sQ")  # 20 bytes
 _SPI = struct.Struct("!I")
 _UTRQ = struct.Struct("!BBBBH")  # sub-type, reserved1, flags, encapsulation, reserved3
 _UTRP = struct.Struct("!BBHH")  # sub-type, code, flags, keepalive
-_REVOCATION = struct.Struct("!IH")  # timestamp, flags
+_REVOCATION = struct.Struct("!HI")  # flags (I bit first), timestamp: RFC 3543 section 3.2
 
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
@@ -339,7 +339,7 @@ def encode_extension(ext: Extension) -> bytes:
         body = _UTRP.pack(0, ext.code, 0x8000 if ext.force else 0, ext.keepalive)
         return bytes((EXT_UDP_TUNNEL_REPLY, len(body))) + body
     if isinstance(ext, RevocationSupport):
-        body = _REVOCATION.pack(ext.timestamp, 0x8000 if ext.inform else 0)
+        body = _REVOCATION.pack(0x8000 if ext.inform else 0, ext.timestamp)
         return bytes((EXT_REVOCATION_SUPPORT, len(body))) + body
     if isinstance(ext, UnknownExtension):
         return bytes((ext.type, len(ext.data))) + ext.data
@@ -459,7 +459,7 @@ def _decode_extension(ext_type: int, body: bytes) -> Extension:
     if ext_type == EXT_REVOCATION_SUPPORT:
         if len(body) != _REVOCATION.size:
             raise WireError(f"revocation support extension length {len(body)}, expected 6")
-        timestamp, flags = _REVOCATION.unpack(body)
+        flags, timestamp = _REVOCATION.unpack(body)
         return RevocationSupport(timestamp, bool(flags & 0x8000))
     return UnknownExtension(ext_type, body)
 
