@@ -35,6 +35,9 @@ __all__ = [
     "ALGORITHMS",
     "AuthKey",
     "ClientConfig",
+    "ClientTunnelConfig",
+    "ESPKeys",
+    "HomeTunnelConfig",
     "ConfigError",
     "HomeConfig",
     "ManholeConfig",
@@ -169,6 +172,55 @@ class MobileNodeConfig:
     max_lifetime: int
     simultaneous_bindings: int
     nai: str | None
+    esp: ESPKeys | None = None
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class ESPKeys:
+    """Manual ESP keys of one client (the fallback until IKE provides them).
+
+    Named from the client's side, the same in both files: ``to_home`` is the
+    SA the client sends on, ``to_client`` the one the home agent sends on.
+    Keys are AES-GCM keying material: key followed by the 4-byte salt (20
+    bytes for AES-128, 36 for AES-256, RFC 4106).
+    """
+
+    algorithm: str
+    spi_to_home: int
+    spi_to_client: int
+    key_to_home: bytes
+    key_to_client: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"ESPKeys(algorithm={self.algorithm!r}, spi_to_home=0x{self.spi_to_home:08x}, "
+            f"spi_to_client=0x{self.spi_to_client:08x}, keys=<hidden>)"
+        )
+
+
+@dataclass(frozen=True)
+class HomeTunnelConfig:
+    """The home agent's data plane: TUN device, ESP-in-UDP port, home LAN."""
+
+    device: str
+    listen: str
+    port: int
+    lan_interface: str | None
+    path_mtu: int
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class ClientTunnelConfig:
+    """The client's data plane: TUN device, ports, routes."""
+
+    device: str
+    port: int
+    local_port: int
+    home_network: IPv4Network
+    routes: str
+    path_mtu: int
+    keepalive: int
 
 
 @dataclass(frozen=True)
@@ -196,6 +248,7 @@ class HomeConfig:
     mobile_nodes: tuple[MobileNodeConfig, ...]
     manhole: ManholeConfig | None
     warnings: tuple[str, ...]
+    tunnel: HomeTunnelConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +273,8 @@ class ClientConfig:
     nai: str | None
     status_file: Path | None
     warnings: tuple[str, ...]
+    tunnel: ClientTunnelConfig | None = None
+    esp: ESPKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -584,25 +639,25 @@ def _parse_hex(r: _Reader, name: str, text: str, source: str) -> bytes:
     return key
 
 
-def _read_key_file(r: _Reader, path: Path) -> bytes:
+def _read_key_file(r: _Reader, path: Path, name: str = "key_file") -> bytes:
     expected = "a readable regular file holding the key as " + _KEY_EXPECTED
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
-            r.fail("key_file", f"key file {path} is not a regular file", expected)
+            r.fail(name, f"key file {path} is not a regular file", expected)
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE_BYTES + 1)
     except OSError as e:
         r.fail(
-            "key_file",
+            name,
             f"cannot read key file {path} ({e.strerror or type(e).__name__})",
             expected,
         )
     if len(data) > _MAX_KEY_FILE_BYTES:
-        r.fail("key_file", f"key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes", expected)
+        r.fail(name, f"key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes", expected)
     if st.st_mode & 0o077:
         r.warn(
-            "key_file",
+            name,
             f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}, so group or "
             "other users may read or change it; expected mode 0600 or 0400 "
             "(chmod go= on the file)",
@@ -610,8 +665,8 @@ def _read_key_file(r: _Reader, path: Path) -> bytes:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        r.fail("key_file", f"the content of key file {path} is not valid hex", _KEY_EXPECTED)
-    return _parse_hex(r, "key_file", text, f"the content of key file {path}")
+        r.fail(name, f"the content of key file {path} is not valid hex", _KEY_EXPECTED)
+    return _parse_hex(r, name, text, f"the content of key file {path}")
 
 
 def _read_auth(r: _Reader) -> AuthKey:
@@ -640,15 +695,119 @@ def _read_auth(r: _Reader) -> AuthKey:
 
 
 # ---------------------------------------------------------------------------
+# Data plane
+
+ESP_ALGORITHMS: tuple[str, ...] = ("aes128gcm16", "aes256gcm16")
+_ESP_KEYMAT = {"aes128gcm16": 20, "aes256gcm16": 36}
+_ESP_KEYS = (
+    "algorithm", "spi_to_home", "spi_to_client", "key_to_home", "key_to_home_file",
+    "key_to_client", "key_to_client_file",
+)
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_IFNAME_EXPECTED = "an interface name of 1 to 15 characters from A-Z, a-z, 0-9, '_', '.', '-'"
+
+
+def _esp_key(r: _Reader, name: str, size: int) -> bytes:
+    expected = f"{size} bytes of AES-GCM keying material (key then 4-byte salt) as hex"
+    if r.has(name) and r.has(f"{name}_file"):
+        r.fail(name, f"both {name} and {name}_file are given", "exactly one of them")
+    if r.has(name):
+        value = r.table[name]
+        if not isinstance(value, str):
+            r.fail(name, f"must be a string, not {_type_name(value)}", expected)
+        key = _parse_hex(r, name, value, "the key")
+        r.warn(
+            name,
+            "the key is written inline in the configuration file; expected "
+            f"{name}_file naming a file only the service user can read (mode 0600)",
+        )
+    elif r.has(f"{name}_file"):
+        path = r.path(f"{name}_file")
+        key = _read_key_file(r, path, f"{name}_file")
+    else:
+        r.fail(name, f"neither {name} nor {name}_file is given", expected)
+    if len(key) != size:
+        r.fail(name, f"the key is {len(key)} bytes long", expected)
+    return key
+
+
+def _read_esp(parent: _Reader) -> ESPKeys:
+    r = parent.section("esp", _ESP_KEYS)
+    algorithm = r.choice("algorithm", ESP_ALGORITHMS, ESP_ALGORITHMS[0])
+    size = _ESP_KEYMAT[algorithm]
+    spi_expected = "an ESP SPI from 256 to 4294967295"
+    to_home = r.integer("spi_to_home", 256, 0xFFFFFFFF, spi_expected)
+    to_client = r.integer("spi_to_client", 256, 0xFFFFFFFF, spi_expected)
+    if to_home == to_client:
+        r.fail("spi_to_client", "equals esp.spi_to_home", "an SPI different from spi_to_home")
+    return ESPKeys(
+        algorithm=algorithm,
+        spi_to_home=to_home,
+        spi_to_client=to_client,
+        key_to_home=_esp_key(r, "key_to_home", size),
+        key_to_client=_esp_key(r, "key_to_client", size),
+    )
+
+
+def _ifname(r: _Reader, name: str, default: str | _Missing) -> str:
+    value = r.string(name, _IFNAME_EXPECTED, default)
+    if _IFNAME_RE.fullmatch(value) is None:
+        r.fail(name, f"{_show(value)} is not a valid interface name", _IFNAME_EXPECTED)
+    return value
+
+
+_HOME_TUNNEL_KEYS = ("device", "listen", "port", "lan_interface", "path_mtu", "keepalive")
+_CLIENT_TUNNEL_KEYS = (
+    "device", "port", "local_port", "home_network", "routes", "path_mtu", "keepalive",
+)
+
+
+def _read_home_tunnel(top: _Reader) -> HomeTunnelConfig | None:
+    t = top.subtable("tunnel", _HOME_TUNNEL_KEYS, required=False)
+    if t is None:
+        return None
+    lan = _ifname(t, "lan_interface", "") if t.has("lan_interface") else None
+    return HomeTunnelConfig(
+        device=_ifname(t, "device", "smob-ha0"),
+        listen=t.listen("listen", _ANY_IPV4, ipv4_only=True),
+        port=t.port("port", 4500),
+        lan_interface=lan,
+        path_mtu=t.integer("path_mtu", 576, 65535, "an MTU from 576 to 65535", 1500),
+        keepalive=t.integer("keepalive", 1, 3600, "seconds from 1 to 3600", 20),
+    )
+
+
+def _read_client_tunnel(top: _Reader) -> ClientTunnelConfig | None:
+    t = top.subtable("tunnel", _CLIENT_TUNNEL_KEYS, required=False)
+    if t is None:
+        return None
+    net_expected = 'the home network in CIDR form, such as "10.10.0.0/24"'
+    net_text = t.string("home_network", net_expected)
+    try:
+        network = IPv4Network(net_text, strict=True)
+    except ValueError:
+        t.fail("home_network", f"{_show(net_text)} is not a valid IPv4 network", net_expected)
+    return ClientTunnelConfig(
+        device=_ifname(t, "device", "smob0"),
+        port=t.port("port", 4500),
+        local_port=t.integer("local_port", 0, 65535, "a port from 0 (any) to 65535", 4500),
+        home_network=network,
+        routes=t.choice("routes", ("home", "all"), "home"),
+        path_mtu=t.integer("path_mtu", 576, 65535, "an MTU from 576 to 65535", 1500),
+        keepalive=t.integer("keepalive", 1, 3600, "seconds from 1 to 3600", 20),
+    )
+
+
+# ---------------------------------------------------------------------------
 # Home agent
 
-_HOME_TOP = ("home", "mobile_node", "manhole")
+_HOME_TOP = ("home", "mobile_node", "manhole", "tunnel")
 _HOME_KEYS = (
     "addresses", "listen", "home_network", "port", "replay_window",
     "max_lifetime", "state_db",
 )
 _NODE_KEYS = (
-    "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai",
+    "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp",
 ) + _AUTH_KEYS
 _MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
 
@@ -722,6 +881,8 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
     max_lifetime = home.lifetime("max_lifetime", 1800)
     state_db = home.path("state_db", "a path to the SQLite state database")
 
+    tunnel = _read_home_tunnel(top)
+    esp_spis = _Unique("ESP SPI")
     nodes: list[MobileNodeConfig] = []
     names = _Unique("name")
     home_addresses = _Unique("home address")
@@ -757,9 +918,23 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
         nai = n.nai("nai")
         if nai is not None:
             nais.check(n, "nai", nai.lower(), repr(nai))
+        esp = None
+        if tunnel is not None:
+            if not n.has("esp"):
+                n.fail(
+                    "esp", "required section is missing ([tunnel] is configured)",
+                    f"a [{n.prefix}.esp] table with the node's ESP keys",
+                )
+        if n.has("esp"):
+            esp = _read_esp(n)
+            esp_spis.check(n, "esp.spi_to_home", esp.spi_to_home, f"SPI {esp.spi_to_home}")
+            esp_spis.check(
+                n, "esp.spi_to_client", esp.spi_to_client, f"SPI {esp.spi_to_client}"
+            )
         nodes.append(MobileNodeConfig(
             name=name, home_address=home_address, auth=auth,
             max_lifetime=node_lifetime, simultaneous_bindings=bindings, nai=nai,
+            esp=esp,
         ))
     manhole = _read_manhole(top, state_db)
     return HomeConfig(
@@ -767,7 +942,7 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
         home_network=home_network, port=port, replay_window=replay_window,
         max_lifetime=max_lifetime, state_db=state_db,
         mobile_nodes=tuple(nodes), manhole=manhole,
-        warnings=tuple(ctx.warnings),
+        warnings=tuple(ctx.warnings), tunnel=tunnel,
     )
 
 
@@ -791,7 +966,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         is unknown, missing, of the wrong type or out of range.
     """
     ctx, doc = _open(path)
-    top = _Reader(ctx, doc, "", ("client",))
+    top = _Reader(ctx, doc, "", ("client", "tunnel", "esp"))
     c = top.section("client", _CLIENT_KEYS)
     name = c.name("name")
     home_address = c.ipv4("home_address")
@@ -836,6 +1011,15 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
     udp_tunnel = c.choice("udp_tunnel", _UDP_TUNNEL, "auto")
     nai = c.nai("nai")
     status_file = c.optional_path("status_file")
+    tunnel = _read_client_tunnel(top)
+    if tunnel is not None and not top.has("esp"):
+        top.fail("esp", "required section is missing ([tunnel] is configured)",
+                 "an [esp] table with the client's ESP keys")
+    esp = _read_esp(top) if top.has("esp") else None
+    if tunnel is not None and home_address not in tunnel.home_network:
+        top.fail("tunnel", f"client.home_address {home_address} is outside "
+                 f"tunnel.home_network {tunnel.home_network}",
+                 "the home network that holds the client's home address")
     return ClientConfig(
         path=ctx.path, name=name, home_address=home_address,
         home_agent=home_agent, home_agent_port=home_agent_port, auth=auth,
@@ -844,7 +1028,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         retransmit_initial=retransmit_initial, retransmit_max=retransmit_max,
         max_attempts=max_attempts, reregister_margin=reregister_margin,
         udp_tunnel=udp_tunnel, nai=nai, status_file=status_file,
-        warnings=tuple(ctx.warnings),
+        warnings=tuple(ctx.warnings), tunnel=tunnel, esp=esp,
     )
 
 

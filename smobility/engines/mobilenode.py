@@ -126,7 +126,7 @@ class MobileNode:
             return
         changed = care_of != self.care_of
         self.care_of = care_of
-        self._event("care-of", address=str(care_of), changed=changed)
+        self.note_event("care-of", address=str(care_of), changed=changed)
         self._start(State.REGISTERING)
 
     def go_home(self) -> None:
@@ -235,7 +235,7 @@ class MobileNode:
         self.counters["requests_sent"] += 1
         if self.attempts > 1:
             self.counters["retransmissions"] += 1
-        self._event(
+        self.note_event(
             "request",
             attempt=self.attempts,
             lifetime=0 if self.state is State.DEREGISTERING else s.lifetime,
@@ -318,7 +318,7 @@ class MobileNode:
         self.last_code = msg.code
         self.last_unverified_code = None
         rtt_ms = (now - pending[1]) * 1000
-        self._event("reply", code=msg.code, lifetime=msg.lifetime, rtt_ms=round(rtt_ms, 1))
+        self.note_event("reply", code=msg.code, lifetime=msg.lifetime, rtt_ms=round(rtt_ms, 1))
         if msg.code == mip.CODE_HA_ID_MISMATCH:
             # Resynchronise: the home agent's seconds are in the high 32 bits.
             ours = ntp_seconds(to_ntp(now + self.clock_offset))
@@ -396,7 +396,7 @@ class MobileNode:
 
     def _set_state(self, state: State) -> None:
         if state is not self.state:
-            self._event("state", state=state.value)
+            self.note_event("state", state=state.value)
         self.state = state
         self._notify()
 
@@ -404,6 +404,7 @@ class MobileNode:
         for listener in self._listeners:
             listener(self)
 
-    def _event(self, kind: str, **fields: Any) -> None:
+    def note_event(self, kind: str, **fields: Any) -> None:
+        """Record a timeline event (kept for the status file; the last 200)."""
         self.events.append({"t": self.clock.seconds(), "event": kind, **fields})
         del self.events[:-200]

@@ -67,12 +67,13 @@ def settings_from(cfg: ClientConfig) -> MobileNodeSettings:
     )
 
 
-class ClientService(service.Service):
+class ClientService(service.MultiService):
     """The client: registration socket, engine, care-of tracking, status file."""
 
     log = Logger()
 
     def __init__(self, cfg: ClientConfig, reactor: Any = None) -> None:
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -85,6 +86,27 @@ class ClientService(service.Service):
         self.engine.add_listener(self._write_status)
         self.port: IListeningPort | None = None
         self._poll: LoopingCall | None = None
+        self._watcher: Any = None
+        self._pending_check: Any = None
+        self.data_plane: Any = None
+        if cfg.tunnel is not None and cfg.esp is not None:
+            from smobility.services.dataplane import ClientDataPlane, make_sas
+
+            t = cfg.tunnel
+            self.data_plane = ClientDataPlane(
+                self.engine,
+                sas=make_sas(cfg.esp, side="client"),
+                device=t.device,
+                home_agent=cfg.home_agent,
+                ha_port=t.port,
+                local_port=t.local_port,
+                home_network=t.home_network,
+                routes=t.routes,
+                path_mtu=t.path_mtu,
+                keepalive=t.keepalive,
+                reactor=reactor,
+            )
+            self.data_plane.setServiceParent(self)
 
     def current_care_of(self) -> IPv4Address | None:
         """The configured care-of address, or the one the OS uses now."""
@@ -115,7 +137,12 @@ class ClientService(service.Service):
                 f"smobility-client: cannot listen on UDP {cfg.local_address}:{cfg.local_port}"
                 f" ({e.socketError})"
             ) from None
-        super().privilegedStartService()
+        from smobility.services.dataplane import StartupError
+
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            raise SystemExit(f"smobility-client: {e}") from None
 
     def startService(self) -> None:  # noqa: N802
         if self.port is None:
@@ -128,14 +155,47 @@ class ClientService(service.Service):
             ha=self.cfg.home_agent,
             port=self.cfg.home_agent_port,
         )
+        if self.cfg.care_of_address is None:
+            self._watch_links()
         self._poll = LoopingCall(self._check_care_of)
         self._poll.clock = self.reactor
         self._poll.start(CARE_OF_POLL, now=True)
 
+    def _watch_links(self) -> None:
+        """Re-check the care-of address as soon as netlink reports a change."""
+        try:
+            from smobility.adapters.netlink import LinkWatcher
+
+            self._watcher = LinkWatcher(self._link_changed, reactor=self.reactor)
+            self._watcher.start()
+        except Exception as e:  # no netlink here: the periodic check still works
+            self._watcher = None
+            self.log.warn(
+                "not watching netlink ({why}); polling every {s:g} s", why=e, s=CARE_OF_POLL
+            )
+
+    def _link_changed(self, kind: str) -> None:
+        if self._pending_check is None or not self._pending_check.active():
+            self._pending_check = self.reactor.callLater(0.02, self._netlink_check, kind)
+
+    def _netlink_check(self, kind: str) -> None:
+        self._pending_check = None
+        coa = self.current_care_of()
+        if coa != self.engine.care_of:
+            self.engine.note_event("link", change=kind, address=str(coa) if coa else None)
+            self.log.info(
+                "network change ({kind}): care-of address now {coa}", kind=kind, coa=coa or "none"
+            )
+        self._check_care_of()
+
     def stopService(self) -> Deferred[None]:  # noqa: N802
-        super().stopService()
         if self._poll is not None and self._poll.running:
             self._poll.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._pending_check is not None and self._pending_check.active():
+            self._pending_check.cancel()
         d = self.engine.deregister()
         timeout = self.reactor.callLater(DEREGISTER_TIMEOUT, self._give_up, d)
 
@@ -146,10 +206,11 @@ class ClientService(service.Service):
                 self.log.warn("stopped without a confirmed deregistration")
             self.engine.stop()
             self._write_status(self.engine)
+            stopped = maybeDeferred(service.MultiService.stopService, self)
             if self.port is not None:
                 port, self.port = self.port, None
-                return maybeDeferred(port.stopListening)
-            return None
+                stopped.addCallback(lambda _: port.stopListening())
+            return stopped
 
         return d.addCallback(done)
 
@@ -162,6 +223,8 @@ class ClientService(service.Service):
         if path is None:
             return
         status = engine.status()
+        if self.data_plane is not None:
+            status["tunnel"] = self.data_plane.engine.stats()
         status["events"] = engine.events[-50:]
         tmp = f"{path}.tmp"
         try:

@@ -86,6 +86,7 @@ class HomeAgentService(service.MultiService):
         self.store: SQLiteStore | None = None
         self.engine: HomeAgent | None = None
         self.port: IListeningPort | None = None
+        self.data_plane: Any = None
 
     def _open(self) -> HomeAgent:
         if self.engine is None:
@@ -99,9 +100,33 @@ class HomeAgentService(service.MultiService):
                 clock=self.reactor,
                 replay_window=cfg.replay_window,
             )
+            if cfg.tunnel is not None:
+                self._add_data_plane(self.engine)
             if cfg.manhole is not None:
                 self._add_manhole(self.engine)
         return self.engine
+
+    def _add_data_plane(self, engine: HomeAgent) -> None:
+        from smobility.services.dataplane import HomeDataPlane, make_sas
+
+        t = self.cfg.tunnel
+        assert t is not None
+        sas = {
+            n.name: make_sas(n.esp, side="home") for n in self.cfg.mobile_nodes if n.esp is not None
+        }
+        self.data_plane = HomeDataPlane(
+            engine,
+            sas=sas,
+            device=t.device,
+            listen=t.listen,
+            port=t.port,
+            lan_interface=t.lan_interface,
+            path_mtu=t.path_mtu,
+            lan_address=self.cfg.addresses[0],
+            reactor=self.reactor,
+        )
+        engine.keepalive_interval = t.keepalive
+        self.data_plane.setServiceParent(self)
 
     def _add_manhole(self, engine: HomeAgent) -> None:
         m = self.cfg.manhole
@@ -111,6 +136,7 @@ class HomeAgentService(service.MultiService):
             "bindings": engine.bindings,
             "nodes": engine.nodes,
             "counters": engine.counters,
+            "tunnel": lambda: self.data_plane.engine.stats() if self.data_plane else None,
             "service": self,
         }
         try:
@@ -151,7 +177,12 @@ class HomeAgentService(service.MultiService):
             net=cfg.home_network,
             b=engine.binding_count(),
         )
-        super().privilegedStartService()
+        from smobility.services.dataplane import StartupError
+
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            raise SystemExit(f"smobility-home: {e}") from None
 
     def startService(self) -> None:  # noqa: N802
         if self.port is None:
