@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from smobility.adapters.udp import MobileNodeProtocol, source_address_towards
 from smobility.config import ClientConfig, load_client
 from smobility.engines.mobilenode import MobileNode, MobileNodeSettings
-from smobility.services.common import ConfigOptions, log_warnings
+from smobility.services.common import ConfigOptions, StartupError, log_warnings
 
 #: How often (seconds) the client checks which care-of address the OS uses.
 CARE_OF_POLL = 1.0
@@ -137,8 +137,6 @@ class ClientService(service.MultiService):
                 f"smobility-client: cannot listen on UDP {cfg.local_address}:{cfg.local_port}"
                 f" ({e.socketError})"
             ) from None
-        from smobility.services.dataplane import StartupError
-
         try:
             super().privilegedStartService()
         except StartupError as e:

@@ -47,6 +47,10 @@ class ConfigOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+class StartupError(Exception):
+    """A service cannot start; the text is one sentence for the operator."""
+
+
 def log_warnings(warnings: tuple[str, ...]) -> None:
     """Log the configuration loader's warnings, one line each."""
     for warning in warnings:

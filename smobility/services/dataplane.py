@@ -39,6 +39,7 @@ from smobility.engines.bindings import Binding
 from smobility.engines.homeagent import HomeAgent
 from smobility.engines.mobilenode import MobileNode, State
 from smobility.engines.tunnel import TunnelEngine
+from smobility.services.common import StartupError
 from smobility.wire.esp import NAT_KEEPALIVE, InboundSA, OutboundSA, tunnel_mtu
 
 
@@ -48,10 +49,6 @@ def make_sas(keys: ESPKeys, *, side: str) -> tuple[InboundSA, OutboundSA]:
     to_client = (keys.spi_to_client, keys.key_to_client)
     rx, tx = (to_home, to_client) if side == "home" else (to_client, to_home)
     return InboundSA.from_keymat(*rx), OutboundSA.from_keymat(*tx)
-
-
-class StartupError(Exception):
-    """The data plane cannot start; the text is one sentence for the operator."""
 
 
 class TunnelPipe(DatagramProtocol):

@@ -22,7 +22,7 @@ from smobility.adapters.manhole import ManholeError, make_manhole_service
 from smobility.adapters.udp import HomeAgentProtocol
 from smobility.config import HomeConfig, load_home
 from smobility.engines.homeagent import HomeAgent, MobileNodeEntry
-from smobility.services.common import ConfigOptions, log_warnings
+from smobility.services.common import ConfigOptions, StartupError, log_warnings
 from smobility.store.sqlite import SQLiteStore, StoreError
 
 
@@ -177,8 +177,6 @@ class HomeAgentService(service.MultiService):
             net=cfg.home_network,
             b=engine.binding_count(),
         )
-        from smobility.services.dataplane import StartupError
-
         try:
             super().privilegedStartService()
         except StartupError as e:
