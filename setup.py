@@ -40,6 +40,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["smobility", "smobility.*"]) + ["twisted.plugins"],
     include_package_data=False,
+    # The lab's own DHCP client script (never a stock one: see doc/lab.md).
+    package_data={"smobility.lab": ["udhcpc-script.sh"]},
     install_requires=[
         "twisted>=24.7.0",
         "pyopenssl>=24.0.0",

@@ -1,0 +1,296 @@
+"""The roaming demo: a client moves across the lab's networks with TCP streams running.
+
+Builds the namespace lab, starts the home agent and the client as real
+``twistd`` processes, starts two TCP streams through the tunnel (the
+correspondent host to the client's permanent address, i.e. inbound, and the
+client to the correspondent), moves the client V1, V2 (behind NAT), home, V1,
+V2 while they run, checks after each move that a new inbound connection to
+the permanent address works, and prints a timeline (per move: link change,
+new address, registration sent, reply, first packet on the new path, gap)
+and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smobility.lab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MOVES = ("v1", "v2", "home", "v1", "v2")
+DWELL = 5.0
+HOA = "10.77.0.10"
+CN = "10.77.0.100"
+HA = "172.31.0.2"
+NETS = {"home": "10.77.0.0/24", "v1": "192.168.101.0/24", "v2": "192.168.102.0/24"}
+PATHS = {"home": "home-lan", "v1": "direct", "v2": "nat"}
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Demo:
+    """One run of the roaming demo."""
+
+    lab: Lab
+    work: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
+
+    # -- set-up -------------------------------------------------------------
+
+    def write_configs(self) -> tuple[Path, Path]:
+        keys = self.work / "keys"
+        keys.mkdir(mode=0o700)
+        for name, size in (("mnha", 16), ("to_home", 20), ("to_client", 20)):
+            f = keys / name
+            f.write_text(secrets.token_hex(size) + "\n")
+            f.chmod(0o600)
+        home = self.work / "home.toml"
+        home.write_text(
+            f"""
+[home]
+addresses = ["{HA}"]
+listen = "0.0.0.0"
+home_network = "10.77.0.0/24"
+port = 434
+state_db = "{self.work / "home.sqlite"}"
+max_lifetime = 60
+
+[tunnel]
+device = "smob-ha0"
+lan_interface = "lan0"
+keepalive = 10
+
+[[mobile_node]]
+name = "laptop"
+home_address = "{HOA}"
+spi = 1000
+key_file = "{keys / "mnha"}"
+
+[mobile_node.esp]
+spi_to_home = 4097
+spi_to_client = 8193
+key_to_home_file = "{keys / "to_home"}"
+key_to_client_file = "{keys / "to_client"}"
+"""
+        )
+        client = self.work / "client.toml"
+        client.write_text(
+            f"""
+[client]
+name = "laptop"
+home_address = "{HOA}"
+home_agent = "{HA}"
+spi = 1000
+key_file = "{keys / "mnha"}"
+lifetime = 60
+retransmit_initial = 0.5
+retransmit_max = 4.0
+status_file = "{self.work / "client.json"}"
+
+[tunnel]
+device = "smob0"
+home_network = "10.77.0.0/24"
+
+[esp]
+spi_to_home = 4097
+spi_to_client = 8193
+key_to_home_file = "{keys / "to_home"}"
+key_to_client_file = "{keys / "to_client"}"
+"""
+        )
+        return home, client
+
+    def start(self, role: str, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = open(self.work / log, "wb")  # noqa: SIM115 - closed at the end
+        self.logs.append(out)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = self.lab.popen(role, *argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def twistd(self, role: str, plugin: str, config: Path, log: str) -> subprocess.Popen[bytes]:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        return self.start(role, [twistd, "-n", "--pidfile=", plugin, "--config", str(config)], log)
+
+    def stream(self, role: str, *args: str, log: str) -> subprocess.Popen[bytes]:
+        return self.start(role, [sys.executable, "-m", "smobility.demo.streams", *args], log)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.work / "client.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def wait_state(self, want: str, coa: str | None, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st.get("state") == want and (coa is None or st.get("care_of_address") == coa):
+                return st
+            time.sleep(0.05)
+        raise SystemExit(
+            f"demo: the client did not reach {want} ({coa}); last status: {self.status()}"
+        )
+
+    def probe(self) -> bool:
+        r = self.lab.exec(
+            "cn", sys.executable, "-m", "smobility.demo.streams", "probe",
+            "--connect", HOA, "--port", "5001", "--timeout", "5",
+            check=False, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        return r.returncode == 0
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for f in self.logs:
+            f.close()
+
+
+def _events_since(status: dict[str, Any], t0: float) -> list[dict[str, Any]]:
+    return [e for e in status.get("events", []) if e.get("t", 0) >= t0]
+
+
+def run(lab: Lab, work: Path) -> dict[str, Any]:
+    """The demo proper; returns the result object."""
+    demo = Demo(lab, work)
+    home_cfg, client_cfg = demo.write_configs()
+    result: dict[str, Any] = {}
+    moves: list[dict[str, Any]] = []
+    try:
+        _say("starting the home agent (namespace ha) ...")
+        demo.twistd("ha", "smobility-home", home_cfg, "home.log")
+        _say("client joins V1 ...")
+        lab.move("v1")
+        lab.wait_address(NETS["v1"])
+        demo.twistd("mn", "smobility-client", client_cfg, "client.log")
+        demo.wait_state("registered", None)
+        _say("registered; starting TCP streams (inbound: cn -> permanent address; outbound: "
+             "client -> cn)")  # fmt: skip
+        demo.stream("mn", "server", "--bind", HOA, "--port", "5001",
+                    "--stats", str(work / "in-server.json"), log="in-server.log")  # fmt: skip
+        demo.stream("cn", "server", "--bind", CN, "--port", "5002",
+                    "--stats", str(work / "out-server.json"), log="out-server.log")  # fmt: skip
+        time.sleep(0.5)
+        demo.stream("cn", "client", "--bind", CN, "--connect", HOA, "--port", "5001",
+                    "--stats", str(work / "in-client.json"), log="in-client.log")  # fmt: skip
+        demo.stream("mn", "client", "--bind", HOA, "--connect", CN, "--port", "5002",
+                    "--stats", str(work / "out-client.json"), log="out-client.log")  # fmt: skip
+        time.sleep(DWELL)
+        first_net = "v1"
+        for i, net in enumerate(MOVES[1:], start=2):
+            t0 = time.time()
+            _say(f"move {i - 1}: {first_net} -> {net}")
+            link_s = lab.move(net)
+            addr = lab.wait_address(NETS[net])
+            got = time.time()
+            if net == "home":
+                st = demo.wait_state("at-home", None)
+            else:
+                st = demo.wait_state("registered", str(addr.ip))
+            done = time.time()
+            time.sleep(1.0)
+            inbound = demo.probe()
+            st = demo.status()
+            events = _events_since(st, t0)
+            moves.append(
+                {
+                    "to": net,
+                    "path": PATHS[net],
+                    "link_change_ms": round(link_s * 1000, 1),
+                    "address": str(addr),
+                    "address_ms": round((got - t0) * 1000, 1),
+                    "registered_ms": round((done - t0) * 1000, 1),
+                    "events": events,
+                    "inbound_ok": inbound,
+                }
+            )
+            first_net = net
+            time.sleep(DWELL)
+    finally:
+        demo.stop_all()
+    stats = {}
+    for name in ("in-server", "out-server", "in-client", "out-client"):
+        try:
+            stats[name] = json.loads((work / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            stats[name] = {}
+    result["moves"] = moves
+    result["streams"] = stats
+    return result
+
+
+def _timeline(result: dict[str, Any]) -> None:
+    _say("\ntimeline (ms after each link change):")
+    for i, m in enumerate(result["moves"], start=1):
+        _say(f"  move {i} -> {m['to']} ({m['path']}): link switched in {m['link_change_ms']} ms")
+        _say(f"      {m['address_ms']:8.1f}  new address {m['address']} (DHCP)")
+        base = None
+        for e in m["events"]:
+            if base is None:
+                base = e["t"]
+            kind = e["event"]
+            if kind in ("state", "care-of", "link", "request", "reply", "first-packet"):
+                detail = {k: v for k, v in e.items() if k not in ("t", "event")}
+                _say(f"      {'':8}  {kind:<12} {detail}")
+        _say(f"      {m['registered_ms']:8.1f}  registration complete; inbound connection "
+             f"{'OK' if m['inbound_ok'] else 'FAILED'}")  # fmt: skip
+
+
+def main() -> int:
+    """Run the demo in a fresh lab; print the timeline and one JSON line."""
+    if os.geteuid() != 0:
+        _say("not root: running the loopback demo instead (the lab needs network namespaces)")
+        from smobility.demo import loopback
+
+        return loopback.main()
+    work = Path(f"/run/smob-demo-{os.getpid()}")
+    work.mkdir(mode=0o700)
+    lab = Lab(prefix="smob")
+    _say("building the lab (namespaces smob-*) ...")
+    lab.up()
+    try:
+        result = run(lab, work)
+    finally:
+        _say("tearing the lab down ...")
+        lab.down()
+    _timeline(result)
+    streams = result["streams"]
+    gaps = [streams[s].get("max_gap_ms", 0.0) for s in ("in-server", "out-server")]
+    resets = sum(streams[s].get("resets", 0) for s in streams)
+    alive = all(streams[s].get("open_at_end") for s in ("in-client", "out-client"))
+    summary = {
+        "handovers": len(result["moves"]),
+        "tcp_resets": resets,
+        "streams_survived": alive,
+        "inbound_ok": all(m["inbound_ok"] for m in result["moves"]),
+        "max_gap_ms": max(gaps) if gaps else None,
+        "paths": ["direct"] + [m["path"] for m in result["moves"]],
+        "bytes_inbound": streams["in-server"].get("bytes", 0),
+        "bytes_outbound": streams["out-server"].get("bytes", 0),
+        "work_dir": str(work),
+    }
+    print(json.dumps(summary), flush=True)
+    ok = resets == 0 and alive and summary["inbound_ok"]
+    return 0 if ok else 1
