@@ -216,6 +216,7 @@ def run(lab: Lab, work: Path) -> dict[str, Any]:
             events = _events_since(st, t0)
             moves.append(
                 {
+                    "t0": t0,
                     "to": net,
                     "path": PATHS[net],
                     "link_change_ms": round(link_s * 1000, 1),
@@ -241,21 +242,51 @@ def run(lab: Lab, work: Path) -> dict[str, Any]:
     return result
 
 
+_DESCRIBE = {
+    "link": lambda e: f"client sees the network change ({e.get('change')})",
+    "care-of": lambda e: f"new care-of address {e.get('address')}",
+    "state": lambda e: f"state: {e.get('state')}",
+    "request": lambda e: (
+        ("deregistration sent" if e.get("lifetime") == 0 else "registration request sent")
+        + f" (attempt {e.get('attempt')})"
+    ),
+    "reply": lambda e: (
+        f"reply: code {e.get('code')}, lifetime {e.get('lifetime')} s, "
+        f"round trip {e.get('rtt_ms')} ms"
+    ),
+    "first-packet": lambda e: "first packet from home on the new path",
+}
+
+
+def _gap_after(streams: dict[str, Any], t0: float, t1: float) -> float:
+    """The longest stream gap that ended between t0 and t1 (both directions)."""
+    worst = 0.0
+    for name in ("in-server", "out-server"):
+        for end, gap in streams.get(name, {}).get("gaps_over_100ms", []):
+            if t0 <= end <= t1:
+                worst = max(worst, gap)
+    return worst
+
+
 def _timeline(result: dict[str, Any]) -> None:
-    _say("\ntimeline (ms after each link change):")
-    for i, m in enumerate(result["moves"], start=1):
-        _say(f"  move {i} -> {m['to']} ({m['path']}): link switched in {m['link_change_ms']} ms")
-        _say(f"      {m['address_ms']:8.1f}  new address {m['address']} (DHCP)")
-        base = None
+    _say("\ntimeline (milliseconds after each link change):")
+    moves = result["moves"]
+    for i, m in enumerate(moves, start=1):
+        t0 = m["t0"]
+        t1 = moves[i]["t0"] if i < len(moves) else t0 + 3600
+        m["gap_ms"] = _gap_after(result["streams"], t0, t1)
+        _say(f"  move {i}: to {m['to']} (path {m['path']})")
+        _say(f"    {0.0:8.1f}  link switched ({m['link_change_ms']} ms, carrier flap + DHCP renew)")
+        rows = [(m["address_ms"], f"DHCP gave {m['address']}")]
         for e in m["events"]:
-            if base is None:
-                base = e["t"]
-            kind = e["event"]
-            if kind in ("state", "care-of", "link", "request", "reply", "first-packet"):
-                detail = {k: v for k, v in e.items() if k not in ("t", "event")}
-                _say(f"      {'':8}  {kind:<12} {detail}")
-        _say(f"      {m['registered_ms']:8.1f}  registration complete; inbound connection "
-             f"{'OK' if m['inbound_ok'] else 'FAILED'}")  # fmt: skip
+            describe = _DESCRIBE.get(e["event"])
+            if describe is not None:
+                rows.append(((e["t"] - t0) * 1000, describe(e)))
+        for ms, text in sorted(rows, key=lambda r: r[0]):
+            _say(f"    {ms:8.1f}  {text}")
+        _say(f"              inbound connection to the permanent address: "
+             f"{'OK' if m['inbound_ok'] else 'FAILED'}; longest stream gap "
+             f"{m['gap_ms']:.0f} ms")  # fmt: skip
 
 
 def main() -> int:
@@ -282,6 +313,7 @@ def main() -> int:
     alive = all(streams[s].get("open_at_end") for s in ("in-client", "out-client"))
     summary = {
         "handovers": len(result["moves"]),
+        "gaps_ms": [m.get("gap_ms", 0.0) for m in result["moves"]],
         "tcp_resets": resets,
         "streams_survived": alive,
         "inbound_ok": all(m["inbound_ok"] for m in result["moves"]),

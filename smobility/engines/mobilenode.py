@@ -400,6 +400,10 @@ class MobileNode:
         self.state = state
         self._notify()
 
+    def notify(self) -> None:
+        """Tell the listeners (status file, data plane) to look again."""
+        self._notify()
+
     def _notify(self) -> None:
         for listener in self._listeners:
             listener(self)

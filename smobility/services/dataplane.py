@@ -175,6 +175,11 @@ class HomeDataPlane(service.Service):
             self.netlink.link_up(self.pipe.tun.name, mtu=self.mtu)
             self.netlink.set_sysctl("net.ipv4.ip_forward", "1")
             self.netlink.set_sysctl(f"net.ipv4.conf.{self.pipe.tun.name}.rp_filter", "0")
+            if self.lan:
+                # Proxy ARP answers only while forwarding is on; answer at once
+                # rather than after the default random delay of up to 0.8 s.
+                self.netlink.set_sysctl(f"net.ipv4.conf.{self.lan}.forwarding", "1")
+                self.netlink.set_sysctl(f"net.ipv4.neigh.{self.lan}.proxy_delay", "0")
         except NetlinkError as e:
             self.pipe.close()
             raise StartupError(str(e)) from None
@@ -329,8 +334,7 @@ class ClientDataPlane(service.Service):
         self.extra_routes: list[tuple[IPv4Network, str | None, str | None]] = []
         self._keepalive: LoopingCall | None = None
         self._awaiting_first: float | None = None
-        self._last_state: State | None = None
-        self._last_coa: IPv4Address | None = None
+        self._last: tuple[State, IPv4Address | None, float | None] | None = None
 
     def privilegedStartService(self) -> None:  # noqa: N802
         self.pipe.open("0.0.0.0", self.local_port)  # noqa: S104 - follows every uplink
@@ -369,10 +373,12 @@ class ClientDataPlane(service.Service):
 
     def state_changed(self, node: MobileNode) -> None:
         """Follow the registration: route through the tunnel when away, not at home."""
-        state, coa = node.state, node.care_of
-        if state is self._last_state and coa == self._last_coa and state is not State.REGISTERED:
+        state, coa, until = node.state, node.care_of, node.registered_until
+        # Act once per change: a new state, a new care-of address, or a new
+        # registration reply (re-registrations also refresh the NAT mapping).
+        if (state, coa, until) == self._last:
             return
-        self._last_state, self._last_coa = state, coa
+        self._last = (state, coa, until)
         if state is State.REGISTERED:
             self._route()
             # Let the home agent learn this path (and any NAT mapping) from an
@@ -468,6 +474,7 @@ class ClientDataPlane(service.Service):
             gap = (self.reactor.seconds() - self._awaiting_first) * 1000
             self._awaiting_first = None
             self.node.note_event("first-packet", after_ms=round(gap, 1))
+            self.node.notify()
             self.log.info(
                 "first packet from home on the new path {ms:.0f} ms after registration", ms=gap
             )
