@@ -179,8 +179,8 @@ class _Alone(SynchronousTestCase):
         return self.sent[-1][1]
 
     def times(self) -> list[float]:
-        """Send times relative to L{NOW}."""
-        return [t - NOW for t, _ in self.sent]
+        """Send times relative to L{NOW} (to the microsecond: floats near 1.8e9)."""
+        return [round(t - NOW, 6) for t, _ in self.sent]
 
     def deliver(self, data: bytes) -> None:
         self.node.datagram_received(data, HA_SOURCE)
@@ -256,10 +256,28 @@ class RequestTests(_Alone):
         self.assertEqual(self.times(), [0, 1, 3, 15])
         self.assertEqual(node.state, State.REGISTERING)
 
+    def test_distinct_low_bits(self) -> None:
+        """Requests sent at one clock reading differ in the low 32 bits replies echo.
+
+        RFC 5944 section 5.7.1: fraction bits the clock does not supply are
+        random.  L{Clock} reads whole seconds here.
+        """
+        self.node.register(COA_A)
+        self.node.register(COA_B)
+        self.node.register(COA_A)
+        idents = [decode_request(d).identification for _, d in self.sent]
+        self.assertEqual(len({i & 0xFFFFFFFF for i in idents}), 3)
+        self.assertEqual({ntp_seconds(i) for i in idents}, {ntp_seconds(to_ntp(NOW))})
+        # Still a timestamp: within a few milliseconds of the clock.
+        for i in idents:
+            self.assertLess(abs(i - to_ntp(NOW)), 1 << 24)
+
     def test_udp_tunnel_settings(self) -> None:
         for mode, expected in (("off", None), ("force", mip.UDPTunnelRequest(force=True))):
             sent: list[bytes] = []
-            node = MobileNode(replace(SETTINGS, udp_tunnel=mode), clock=self.clock, send=sent.append)
+            node = MobileNode(
+                replace(SETTINGS, udp_tunnel=mode), clock=self.clock, send=sent.append
+            )
             node.register(COA_A)
             node.stop()
             exts = decode_request(sent[0]).extensions
@@ -651,9 +669,21 @@ class LinkedTests(SynchronousTestCase):
         return node, ha, fake
 
     def advance(self, seconds: float) -> None:
-        self.ha_clock.advance(seconds)
-        if self.mn_clock is not self.ha_clock:
-            self.mn_clock.advance(seconds)
+        """Move both clocks on together, stopping at every timer on the way.
+
+        L{Clock.advance} runs what is due at the end of the jump, so a call
+        scheduled from inside it (a datagram in flight) would land late.
+        """
+        clocks = {id(c): c for c in (self.ha_clock, self.mn_clock)}.values()
+        left = seconds
+        while True:
+            waits = [d.getTime() - c.seconds() for c in clocks for d in c.getDelayedCalls()]
+            step = min([w for w in waits if w > 0] + [left])
+            for c in clocks:
+                c.advance(step)
+            left -= step
+            if left <= 1e-9:
+                return
 
     def run_hours(self, node: MobileNode, ha: HomeAgent, hours: float, step: float = 5) -> None:
         """Run the clocks; after every step the home agent holds the node's binding."""
@@ -687,15 +717,17 @@ class LinkedTests(SynchronousTestCase):
         self.assertEqual(ha.counters["bindings_expired"], 0)
 
     def test_with_latency(self) -> None:
-        """50 ms each way: the cycle is 480.1 s, and the binding still never lapses."""
-        node, ha, fake = self.join(latency=0.05)
+        """62.5 ms each way: the cycle is 480.125 s, and the binding never lapses."""
+        node, ha, fake = self.join(latency=0.0625)
         node.register(COA_A)
         self.assertEqual(node.state, State.REGISTERING)
-        self.advance(0.1)
+        self.advance(0.0625)
+        self.assertEqual(node.state, State.REGISTERING)
+        self.advance(0.0625)
         self.assertEqual(node.state, State.REGISTERED)
-        self.run_hours(node, ha, 10, step=4.9)
-        elapsed = 0.1 + int(10 * 3600 / 4.9) * 4.9
-        self.assertEqual(len(fake.requests), int(elapsed // 480.1) + 1)
+        self.run_hours(node, ha, 10)
+        # Sent at k * 480.125 s, k = 0 .. 74, within 36000.125 s.
+        self.assertEqual(len(fake.requests), 75)
         self.assertEqual(node.counters["retransmissions"], 0)
         self.assertEqual(ha.counters["bindings_expired"], 0)
 
@@ -715,6 +747,25 @@ class LinkedTests(SynchronousTestCase):
         node.register(COA_A)
         self.assertEqual(fake.codes(), [mip.CODE_HA_ID_MISMATCH, mip.CODE_ACCEPTED])
         self.assertEqual(node.clock_offset, -1000)
+
+    def test_not_newer_waits(self) -> None:
+        """A 133 for a timestamp not newer than the last accepted one: no storm.
+
+        The home agent accepted a timestamp 5 s ahead of now before (say the
+        node's clock was fast then).  The clocks agree, so there is nothing to
+        resynchronise: the node waits for its retransmission timer instead of
+        sending again at once, and gets through once its time has passed that.
+        """
+        node, ha, fake = self.join()
+        self.store.set_last_identification("n1", to_ntp(NOW + 5))
+        node.register(COA_A)
+        self.assertEqual(fake.codes(), [mip.CODE_HA_ID_MISMATCH])
+        self.assertEqual(node.state, State.REGISTERING)
+        self.assertEqual(node.clock_offset, 0)
+        self.advance(7)
+        self.assertEqual(fake.codes(), [133, 133, 133, 0])
+        self.assertEqual(node.state, State.REGISTERED)
+        self.assertEqual(node.counters["resyncs"], 0)
 
     def test_lost_requests(self) -> None:
         """The first two requests are lost: registered by the third, at 3 s."""

@@ -24,6 +24,7 @@ Behaviour:
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class MobileNodeSettings:
 
 
 StatusListener = Callable[["MobileNode"], None]
+
+_RANDOM_BITS = (1 << 24) - 1
 
 
 class MobileNode:
@@ -183,6 +186,12 @@ class MobileNode:
 
     def _identification(self) -> int:
         ident = to_ntp(self.clock.seconds() + self.clock_offset)
+        # RFC 5944 section 5.7.1: fraction bits the clock does not supply come
+        # from a good source of randomness.  Replies are matched on the low 32
+        # bits alone, so without this two requests sent at the same fraction
+        # of a second (a coarse clock) would match each other's replies.  The
+        # lowest 24 bits are below 4 ms, far inside any replay window.
+        ident = (ident & ~_RANDOM_BITS) | secrets.randbits(24)
         # Strictly increasing, even if the clock stands still or steps back.
         if ident <= self._last_ident:
             ident = self._last_ident + 1
@@ -247,9 +256,11 @@ class MobileNode:
             coa=self.care_of,
             n=self.attempts,
         )
-        self._send(data)
+        # Arm the timer before sending: send() may deliver the reply at once
+        # (an in-memory link), and that reply must be able to cancel it.
         self._timer = self.clock.callLater(self._interval, self._transmit)
         self._interval = min(self._interval * 2, s.retransmit_max)
+        self._send(data)
 
     def _restart(self) -> None:
         self._timer = None
@@ -323,7 +334,16 @@ class MobileNode:
             # Resynchronise: the home agent's seconds are in the high 32 bits.
             ours = ntp_seconds(to_ntp(now + self.clock_offset))
             theirs = ntp_seconds(msg.identification)
+            if theirs == ours:
+                # Our clock agrees: the request was refused as not newer than
+                # one the home agent accepted before.  Sending again at once
+                # would be refused the same way (in a loop); the retransmission
+                # timer tries again with a later timestamp.
+                self.log.info("identification not newer than the home agent's last; waiting")
+                return
             self.clock_offset += theirs - ours
+            # The corrected clock rules from now on, also when it goes back.
+            self._last_ident = 0
             self.counters["resyncs"] += 1
             self.log.info(
                 "home agent clock differs: offset now {offset:+.0f} s, sending again",

@@ -57,7 +57,7 @@ class SQLiteStore:
                 parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as e:
                 raise StoreError(
-                    f"cannot create the state directory {parent}: {e.strerror}"
+                    f"{self.path}: cannot create the state directory {parent}: {e.strerror}"
                 ) from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
