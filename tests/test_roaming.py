@@ -174,8 +174,10 @@ class RoamingTests(SynchronousTestCase):
         """Every packet on the wire is ESP-in-UDP that tshark and scapy decrypt; tampering shows."""
         tshark = require_tool(self, "tshark")
         pcap = self.work / "esp.pcap"
-        cap = self.lab.popen("ha", tshark, "-i", "wan0", "-f", "udp port 4500", "-F", "pcap", "-w", str(pcap),
-                             "-q", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        cap = self.lab.popen(
+            "ha", tshark, "-i", "wan0", "-f", "udp port 4500", "-F", "pcap", "-w", str(pcap), "-q",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
         try:
             _wait_capturing(self, cap)
             self.assertTrue(self.lab.ping("cn", HOA, count=3))
@@ -212,8 +214,13 @@ class RoamingTests(SynchronousTestCase):
         bad = self.work / "esp-tampered.pcap"
         bad.write_bytes(bytes(data))
         args[2] = str(bad)
-        out = subprocess.run(args + ["-T", "fields", "-e", "esp.icv_good"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout
+        out = subprocess.run(
+            args + ["-T", "fields", "-e", "esp.icv_good"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
         self.assertIn("0", out.split())
         # scapy's independent ESP implementation decrypts our packets too.
         from scapy.layers.inet import IP, UDP
@@ -230,8 +237,11 @@ class RoamingTests(SynchronousTestCase):
             sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM",
                                      crypt_key=bytes.fromhex(key))  # fmt: skip
             outer = IP(src=pkt[IP].src, dst=pkt[IP].dst, proto=50) / ESP(raw)
-            inner = sa.decrypt(IP(bytes(outer)))
-            self.assertIn(inner[IP].dst, (HOA, CN))
+            decrypted = sa.decrypt(IP(bytes(outer)))
+            # Tunnel mode: the outer header, then the inner IPv4 packet (next header 4).
+            inner = decrypted.getlayer(IP, 2)
+            self.assertIsNotNone(inner, decrypted.summary())
+            self.assertIn(inner.dst, (HOA, CN))
             opened += 1
         self.assertEqual(opened, len(packets))
 
