@@ -53,7 +53,7 @@ setup(
     ],
     # The console script smobility-ctl = smobility.ctl:main goes here once
     # smobility/ctl.py exists.
-    entry_points={},
+    entry_points={"console_scripts": ["smobility-ctl = smobility.ctl:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
