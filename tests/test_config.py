@@ -179,15 +179,35 @@ class ExampleTests(SynchronousTestCase):
             self.assertNotIn("00112233445566778899aabbccddeeff", warning)
             self.assertTrue("group or other" in warning or "inline" in warning, warning)
 
+    def test_lab_home_and_client(self) -> None:
+        """etc/home.toml and etc/client.toml are the lab's, with the data plane."""
+        home = load_home(ETC / "home.toml")
+        client = load_client(ETC / "client.toml")
+        self.assertEqual(home.addresses, (IPv4Address("172.31.0.2"),))
+        assert home.tunnel is not None and client.tunnel is not None
+        self.assertEqual(home.tunnel.lan_interface, "lan0")
+        self.assertEqual(client.tunnel.home_network, home.home_network)
+        node = home.mobile_nodes[0]
+        assert node.esp is not None and client.esp is not None
+        self.assertEqual(
+            (node.esp.spi_to_home, node.esp.spi_to_client, node.esp.key_to_home),
+            (client.esp.spi_to_home, client.esp.spi_to_client, client.esp.key_to_home),
+        )
+        self.assertEqual(len(node.esp.key_to_client), 20)
+        self.assertIn(client.home_agent, home.addresses)
+        self.assertEqual(client.auth, node.auth)
+        for warning in home.warnings + client.warnings:
+            self.assertNotIn(node.esp.key_to_home.hex(), warning)
+
     def test_home(self) -> None:
-        """etc/home.toml is the loopback first-run home agent."""
-        c = load_home(ETC / "home.toml")
+        """etc/loopback/home.toml is the loopback first-run home agent."""
+        c = load_home(ETC / "loopback" / "home.toml")
         self.assertIsInstance(c, HomeConfig)
         self.assertEqual(c.addresses, (IPv4Address("127.0.0.1"),))
         self.assertEqual(c.listen, "127.0.0.1")
         self.assertEqual(c.home_network, IPv4Network("10.77.0.0/24"))
         self.assertEqual(c.port, 434)
-        self.assertEqual(c.state_db, Path("/var/lib/smobility/home.sqlite"))
+        self.assertEqual(c.state_db, Path("/var/lib/smobility/loopback-home.sqlite"))
         (node,) = c.mobile_nodes
         self.assertEqual(node.name, "laptop")
         self.assertEqual(node.home_address, IPv4Address("10.77.0.10"))
@@ -203,10 +223,10 @@ class ExampleTests(SynchronousTestCase):
         self.assertOnlyKnownWarnings(c.warnings)
 
     def test_client(self) -> None:
-        """etc/client.toml matches etc/home.toml."""
-        c = load_client(ETC / "client.toml")
+        """etc/loopback/client.toml matches etc/loopback/home.toml."""
+        c = load_client(ETC / "loopback" / "client.toml")
         self.assertIsInstance(c, ClientConfig)
-        home = load_home(ETC / "home.toml")
+        home = load_home(ETC / "loopback" / "home.toml")
         node = home.mobile_nodes[0]
         self.assertEqual(c.auth, node.auth)
         self.assertEqual(c.home_address, node.home_address)
@@ -215,7 +235,7 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(c.nai, node.nai)
         self.assertIsNone(c.care_of_address)
         self.assertEqual(c.lifetime, 600)
-        self.assertEqual(c.status_file, Path("/run/smobility-client.json"))
+        self.assertEqual(c.status_file, Path("/run/smobility-loopback-client.json"))
         self.assertOnlyKnownWarnings(c.warnings)
 
     def test_relay(self) -> None:

@@ -103,7 +103,10 @@ class OptionsTests(TestCase):
         o.load(str(ROOT / "etc/home.toml"))
         c = client_tap.Options()
         c.parseOptions(["--config", str(ROOT / "etc/client.toml")])
-        self.assertEqual(c.config.home_agent, IPv4Address("127.0.0.1"))
+        self.assertEqual(c.config.home_agent, IPv4Address("172.31.0.2"))
+        loop = client_tap.Options()
+        loop.parseOptions(["--config", str(ROOT / "etc/loopback/client.toml")])
+        self.assertEqual(loop.config.home_agent, IPv4Address("127.0.0.1"))
 
 
 class ServiceTests(TestCase):
