@@ -1,0 +1,274 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+Tables, result files and the benchmark document.
+
+Every scenario's L{ScenarioResult} is shown the same way: a text table on
+stdout, JSON under C{bench/results/} (C{<UTC time>-<scenario>.json} and
+C{latest-<scenario>.json}), and a section of C{doc/bench.md}, which is
+regenerated from the C{latest-*.json} files so that it always shows the last
+run of every scenario.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from smobility.bench.results import Column, Row, ScenarioResult, stamp
+
+
+def cell(value: float | None, column: Column) -> str:
+    """C{value} formatted for C{column}; C{-} when it is missing."""
+    if value is None:
+        return "-"
+    try:
+        return column.fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _first_line(text: str, limit: int = 120) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def text_table(columns: Sequence[Column], rows: Sequence[Row], first: str = "") -> str:
+    """
+    An aligned plain-text table: the row labels, then one column per L{Column}.
+
+    A row with an error shows C{ERROR: <first line of the message>} instead of numbers.
+    """
+    header = [first] + [c.header for c in columns]
+    body: list[list[str]] = []
+    errors: list[tuple[int, str]] = []
+    for row in rows:
+        if row.error is not None:
+            errors.append((len(body), f"ERROR: {_first_line(row.error)}"))
+            body.append([row.label] + [""] * len(columns))
+        else:
+            body.append([row.label] + [cell(row.values.get(c.key), c) for c in columns])
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    error_at = dict(errors)
+
+    def line(cells: list[str], index: int | None = None) -> str:
+        if index is not None and index in error_at:
+            return f"{cells[0]:<{widths[0]}}  {error_at[index]}"
+        parts = [f"{cells[0]:<{widths[0]}}"]
+        parts += [f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(header), rule] + [line(r, i) for i, r in enumerate(body)]
+    return "\n".join(out)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(columns: Sequence[Column], rows: Sequence[Row], first: str = "") -> str:
+    """The same table in Markdown (numbers right-aligned)."""
+    out = [
+        "| " + " | ".join([_md(first)] + [_md(c.header) for c in columns]) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    for row in rows:
+        if row.error is not None:
+            cells = [f"error: {_md(_first_line(row.error))}"] + [""] * (len(columns) - 1)
+        else:
+            cells = [cell(row.values.get(c.key), c) for c in columns]
+        out.append("| " + " | ".join([_md(row.label)] + cells) + " |")
+    return "\n".join(out)
+
+
+def render_text(result: ScenarioResult) -> str:
+    """The whole result as text for the terminal: table, comparisons, verdict, errors."""
+    out = [result.title, "=" * len(result.title), ""]
+    out.append(text_table(result.columns, result.rows, result.label_header))
+    if result.comparisons:
+        out += ["", text_table(result.comparison_columns, result.comparisons, "ratios (same run)")]
+    if result.verdict:
+        out += [""] + result.verdict
+    warning = busy_warning(result)
+    if warning:
+        out += ["", f"note: {warning}"]
+    if result.errors:
+        out += ["", "errors:"] + [f"  - {e}" for e in result.errors]
+    return "\n".join(out)
+
+
+def write_result(result: ScenarioResult, directory: Path) -> Path:
+    """
+    Write C{result} as C{<time>-<scenario>.json} and C{latest-<scenario>.json} in C{directory}.
+
+    Returns the path of the time-stamped file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n"
+    path = directory / f"{stamp(result.started)}-{result.scenario}.json"
+    path.write_text(text)
+    latest = directory / f"latest-{result.scenario}.json"
+    tmp = latest.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(latest)
+    return path
+
+
+def load_latest(directory: Path) -> dict[str, ScenarioResult]:
+    """Every readable C{latest-<scenario>.json} in C{directory}, by scenario name."""
+    found = {}
+    for path in sorted(directory.glob("latest-*.json")):
+        try:
+            result = ScenarioResult.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+        found[result.scenario] = result
+    return found
+
+
+DOC_HEAD = """\
+# Benchmarks
+
+<!-- Generated by `python -m smobility.bench` from bench/results/latest-*.json:
+     edit smobility/bench/report.py (and the scenario modules), not this file. -->
+
+`make bench` (as root) runs every scenario in a fresh namespace lab (see
+[lab.md](lab.md)) next to its independent peers (see PEERS.md), prints the
+tables, writes every number as JSON under `bench/results/`
+(`<UTC time>-<scenario>.json`, and `latest-<scenario>.json`) and regenerates
+this file from the latest result of each scenario.
+
+```
+python -m smobility.bench [--quick] [--duration S] [--rounds N]
+                          [--only smobility,openvpn,wireguard,bare] [--scenario tunnel]
+```
+
+`--quick` measures 4 s per test instead of 10; `--only` picks peers; a peer
+that is not installed or does not come up is an error row and makes the exit
+status non-zero (it is never skipped silently); `--require-target` also fails
+when a scenario misses its target. Without root it says so and exits with 2.
+
+## Method and noise
+
+The machine these numbers come from is shared and small (see each section's
+machine line): figures swing by 20-40 % from one run to the next, with the
+load of whatever else runs. So compare only within one run: every scenario
+measures its peers side by side in the same lab, in turns, within minutes,
+and the ratios (and the target) are computed per run, never across runs.
+Absolute numbers in older results are history, not a baseline. Everything
+runs in network namespaces on veth pairs: no physical NIC, no wire latency,
+so the cost per packet in the tunnel endpoints is what is measured. CPU
+figures are user+system time of the peers' own processes from
+`/proc/PID/stat` (10 ms resolution); the kernel's share in softirq is not
+attributed to anyone and shows only in the machine-wide column.
+"""
+
+
+def _machine_line(result: ScenarioResult) -> str:
+    m = result.machine
+    parts = [f"{m.get('nproc', '?')} cores"]
+    if m.get("cpu"):
+        parts.append(str(m["cpu"]))
+    parts.append(f"kernel {m.get('kernel', '?')}")
+    parts.append(f"Python {m.get('python', '?')}")
+    if m.get("background_cores") is not None:
+        parts.append(f"{m['background_cores']:.2f} cores busy with other work at the start")
+    return ", ".join(parts)
+
+
+BUSY_SHARE = 0.25
+"""Other work on this share of the cores or more earns a warning."""
+
+
+def busy_warning(result: ScenarioResult) -> str | None:
+    """
+    A warning when other work kept the machine busy as the run started, else C{None}.
+
+    Other work (at least a quarter of the cores busy before the measurements)
+    takes CPU from the peers: absolute numbers come out low and noisy, while
+    ratios within the run stay comparable.
+    """
+    nproc = result.machine.get("nproc")
+    busy = result.machine.get("background_cores")
+    if not isinstance(nproc, int) or not isinstance(busy, int | float) or nproc <= 0:
+        return None
+    if busy < nproc * BUSY_SHARE:
+        return None
+    return (
+        f"Other work kept {busy:.2f} of the machine's {nproc} cores busy as this run started: "
+        "absolute numbers are low and noisy; ratios within the run still compare."
+    )
+
+
+def render_section(result: ScenarioResult, description: str = "", results_name: str = "") -> str:
+    """One scenario's section of the document: description, latest tables, verdict, peers."""
+    settings = result.settings
+    out = [f"## {result.title}", ""]
+    if description:
+        out += [description.rstrip(), ""]
+    out.append(
+        f"Latest run: {result.started} to {result.finished or '?'} (UTC), "
+        f"{settings.get('duration_s', '?')} s per test, {settings.get('rounds', 1)} round(s); "
+        f"{_machine_line(result)}." + (f" Full numbers: `{results_name}`." if results_name else "")
+    )
+    warning = busy_warning(result)
+    if warning:
+        out += ["", f"**Note:** {warning}"]
+    out += ["", markdown_table(result.columns, result.rows, result.label_header), ""]
+    if result.comparisons:
+        out += [
+            markdown_table(result.comparison_columns, result.comparisons, "ratio (same run)"),
+            "",
+        ]
+    for line in result.verdict:
+        out.append(f"- {line}")
+    if result.verdict:
+        out.append("")
+    if result.errors:
+        out.append("Errors in this run:")
+        out.append("")
+        out += [f"- {_md(_first_line(e, 300))}" for e in result.errors]
+        out.append("")
+    if result.peers:
+        out.append("Peers:")
+        out.append("")
+        for name, info in result.peers.items():
+            keys = ("version", "config", "data", "path", "describe_error")
+            bits = [str(info.get(k)) for k in keys if info.get(k)]
+            title = info.get("title", name)
+            out.append(f"- {title}: " + "; ".join(_md(b) for b in bits))
+        out.append("")
+    return "\n".join(out)
+
+
+def render_doc(
+    results: Mapping[str, ScenarioResult],
+    descriptions: Mapping[str, str],
+    order: Sequence[str] = (),
+) -> str:
+    """
+    The whole C{doc/bench.md}: the head, then one section per scenario with a result.
+
+    @param descriptions: markdown describing each scenario's method, by name.
+    @param order: scenario names in the order their sections appear (others follow).
+    """
+    names = [n for n in order if n in results] + sorted(n for n in results if n not in order)
+    out = [DOC_HEAD]
+    if not names:
+        out.append("No results yet: run `make bench`.\n")
+    for name in names:
+        out.append(
+            render_section(
+                results[name], descriptions.get(name, ""), f"bench/results/latest-{name}.json"
+            )
+        )
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_doc(
+    path: Path, results_dir: Path, descriptions: Mapping[str, str], order: Sequence[str] = ()
+) -> None:
+    """Regenerate C{path} from the latest results in C{results_dir}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_doc(load_latest(results_dir), descriptions, order))

@@ -1,0 +1,366 @@
+# -*- test-case-name: tests.test_bench -*-
+"""
+Tests for the benchmark's pure parts: the iperf3 report parser, the CPU
+readings' parsers, the result format, the table writers, the target verdict
+and the command line.  No benchmark runs here (C{make bench} does that; tests
+never assert on timings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smobility.bench import cpu, report, runner, tunnel
+from smobility.bench.iperf import IperfError, client_argv, parse_iperf3
+from smobility.bench.results import Column, Row, ScenarioResult, median, ratio, stamp
+
+# Trimmed from a real `iperf3 -c ... -J -R` report (iperf 3.12).
+REPORT: dict[str, Any] = {
+    "start": {
+        "version": "iperf 3.12",
+        "test_start": {"protocol": "TCP", "num_streams": 1, "duration": 4, "reverse": 1},
+    },
+    "intervals": [],
+    "end": {
+        "streams": [],
+        "sum_sent": {
+            "start": 0,
+            "end": 4.0,
+            "seconds": 4.0,
+            "bytes": 250_000_000,
+            "bits_per_second": 500_000_000.0,
+            "retransmits": 1234,
+            "sender": False,
+        },
+        "sum_received": {
+            "start": 0,
+            "end": 4.0,
+            "seconds": 4.0,
+            "bytes": 245_000_000,
+            "bits_per_second": 490_000_000.0,
+            "sender": False,
+        },
+        "cpu_utilization_percent": {"host_total": 3.5, "remote_total": 40.25},
+    },
+}
+
+# What iperf3 3.12 prints when it cannot connect (tabs and all).
+ERROR_REPORT = """{
+\t"start":\t{
+\t\t"connected":\t[],
+\t\t"version":\t"iperf 3.12"
+\t},
+\t"intervals":\t[],
+\t"end":\t{
+\t},
+\t"error":\t"unable to connect to server: Connection refused"
+}
+"""
+
+
+class IperfParserTests(SynchronousTestCase):
+    """L{parse_iperf3} and the command lines."""
+
+    def test_report(self) -> None:
+        """The receiver's rate and bytes, the sender's retransmits, CPU and direction."""
+        got = parse_iperf3(json.dumps(REPORT))
+        self.assertEqual(got.bits_per_second, 490e6)
+        self.assertEqual(got.mbps, 490.0)
+        self.assertEqual(got.bytes, 245_000_000)
+        self.assertEqual(got.seconds, 4.0)
+        self.assertEqual(got.retransmits, 1234)
+        self.assertEqual(got.sender_bits_per_second, 500e6)
+        self.assertEqual((got.cpu_local, got.cpu_remote), (3.5, 40.25))
+        self.assertTrue(got.reverse)
+
+    def test_noise_before_json(self) -> None:
+        """A warning line before the report does not hide it."""
+        got = parse_iperf3("iperf3: some warning\n" + json.dumps(REPORT))
+        self.assertEqual(got.bytes, 245_000_000)
+
+    def test_no_retransmits(self) -> None:
+        """A sender that reports no retransmits gives C{None}, not 0."""
+        data = json.loads(json.dumps(REPORT))
+        del data["end"]["sum_sent"]["retransmits"]
+        del data["end"]["cpu_utilization_percent"]
+        got = parse_iperf3(json.dumps(data))
+        self.assertIsNone(got.retransmits)
+        self.assertIsNone(got.cpu_local)
+
+    def test_error_report(self) -> None:
+        """iperf3's own error becomes the message."""
+        e = self.assertRaises(IperfError, parse_iperf3, ERROR_REPORT)
+        self.assertIn("unable to connect to server: Connection refused", str(e))
+
+    def test_bad_input(self) -> None:
+        """No JSON, broken JSON, no sums, a non-numeric rate: one error type."""
+        broken = json.loads(json.dumps(REPORT))
+        broken["end"]["sum_received"]["bits_per_second"] = "fast"
+        for text in (
+            "",
+            "iperf3: error - no route",
+            "{not json",
+            "[1]",
+            json.dumps({"start": {}, "end": {}}),
+            json.dumps(broken),
+        ):
+            self.assertRaises(IperfError, parse_iperf3, text)
+
+    def test_client_argv(self) -> None:
+        """C{-R} and C{-B} only when asked; JSON output always."""
+        argv = client_argv("/usr/bin/iperf3", "10.77.0.10", 5202, 4.0)
+        self.assertEqual(
+            argv[:8], ["/usr/bin/iperf3", "-c", "10.77.0.10", "-p", "5202", "-t", "4", "-J"]
+        )
+        self.assertNotIn("-R", argv)
+        self.assertNotIn("-B", argv)
+        argv = client_argv("iperf3", "10.77.0.10", 5202, 2.5, reverse=True, bind="10.77.0.1")
+        self.assertIn("2.5", argv)
+        self.assertIn("-R", argv)
+        self.assertEqual(argv[-2:], ["-B", "10.77.0.1"])
+
+
+class CpuParserTests(SynchronousTestCase):
+    """The /proc parsers."""
+
+    def test_stat(self) -> None:
+        """utime + stime, also when the command name holds spaces and parentheses."""
+        fields = ["S"] + ["0"] * 10 + ["150", "50"] + ["0"] * 30
+        line = "1234 (twistd (x) y) " + " ".join(fields)
+        self.assertEqual(cpu.parse_stat_ticks(line), 200)
+        self.assertRaises(ValueError, cpu.parse_stat_ticks, "garbage")
+
+    def test_ppid(self) -> None:
+        """The parent PID is field 4, counted after the command name."""
+        self.assertEqual(cpu.parse_stat_ppid("77 (a) b) S 42 77 77 0"), 42)
+        self.assertRaises(ValueError, cpu.parse_stat_ppid, "77 a S 42")
+
+    def test_descendants(self) -> None:
+        """A child of this process is found; the process itself is not."""
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        found = cpu.descendants([os.getpid()])
+        self.assertIn(child.pid, found)
+        self.assertNotIn(os.getpid(), found)
+
+    def test_host(self) -> None:
+        """Busy is the total less idle and iowait."""
+        text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n"
+        busy, total = cpu.parse_host_busy(text)
+        self.assertEqual(busy * cpu.CLOCK_TICKS, 150)
+        self.assertEqual(total * cpu.CLOCK_TICKS, 1000)
+        self.assertRaises(ValueError, cpu.parse_host_busy, "intr 1 2 3\n")
+
+    def test_own_process(self) -> None:
+        """This process has a CPU time; a meter over it measures something non-negative."""
+        meter = cpu.CpuMeter.of([os.getpid()])
+        meter.start()
+        sum(range(10000))
+        used, _ = meter.stop()
+        self.assertGreaterEqual(used, 0.0)
+
+
+def _result() -> ScenarioResult:
+    """A small tunnel result: smobility twice as fast as OpenVPN at less CPU per GB."""
+    result = ScenarioResult(
+        scenario="tunnel",
+        title="Tunnel throughput",
+        label_header="tunnel, case",
+        started="2025-01-31T12:00:00Z",
+        finished="2025-01-31T12:03:00Z",
+        columns=list(tunnel.COLUMNS),
+        comparison_columns=list(tunnel.COMPARISON_COLUMNS),
+        settings={"duration_s": 10.0, "rounds": 1},
+        machine={"nproc": 2, "kernel": "6.1", "python": "3.11.2"},
+    )
+    for case in tunnel.CASES:
+        for peer, mbps, cost in (("smobility", 1000.0, 8.0), ("openvpn", 500.0, 10.0)):
+            values: dict[str, float | None] = {
+                "mbps": mbps,
+                "retransmits": 3.0,
+                "cpu_s_per_gb": cost,
+                "cpu_cores": 0.9,
+                "host_cores": 1.8,
+            }
+            result.rows.append(Row(peer, case.name, f"{peer}, {case.name}", values))
+    result.rows.append(
+        Row(
+            "wireguard",
+            "cn -> client",
+            "wireguard-go, cn -> client",
+            error="wireguard-go is not installed\nmore",
+        )
+    )
+    return result
+
+
+class ResultTests(SynchronousTestCase):
+    """The result format and the verdict."""
+
+    def test_round_trip(self) -> None:
+        """to_json and from_json give back the same result; errors make it not ok."""
+        result = _result()
+        data = json.loads(json.dumps(result.to_json()))
+        self.assertEqual(data["format"], 1)
+        self.assertFalse(data["ok"])
+        self.assertEqual(ScenarioResult.from_json(data), result)
+        self.assertRaises(ValueError, ScenarioResult.from_json, {"format": 99})
+        self.assertRaises(ValueError, ScenarioResult.from_json, {"format": 1})
+
+    def test_busy_warning(self) -> None:
+        """Other work on a quarter of the cores or more earns a note in text and doc."""
+        result = _result()
+        self.assertIsNone(report.busy_warning(result))
+        result.machine["background_cores"] = 0.3
+        self.assertIsNone(report.busy_warning(result))
+        result.machine["background_cores"] = 0.9
+        warning = report.busy_warning(result)
+        assert warning is not None
+        self.assertIn("kept 0.90 of the machine's 2 cores busy", warning)
+        self.assertIn(warning, report.render_text(result))
+        self.assertIn(warning, report.render_section(result))
+
+    def test_helpers(self) -> None:
+        """median skips missing values; ratio refuses missing and zero; stamp is file-safe."""
+        self.assertEqual(median([3.0, None, 1.0, 2.0]), 2.0)
+        self.assertIsNone(median([None]))
+        self.assertEqual(ratio(3.0, 2.0), 1.5)
+        self.assertIsNone(ratio(3.0, 0.0))
+        self.assertIsNone(ratio(None, 2.0))
+        self.assertEqual(stamp("2025-01-31T12:00:00Z"), "20250131T120000Z")
+
+    def test_sample_values(self) -> None:
+        """CPU per GB and cores; no tunnel processes, no CPU figures."""
+        v = tunnel.sample_values(800.0, 2_000_000_000, 10.0, 20.0, 15.0)
+        self.assertEqual((v["cpu_s_per_gb"], v["cpu_cores"], v["host_cores"]), (10.0, 2.0, 1.5))
+        v = tunnel.sample_values(800.0, 2_000_000_000, 10.0, None, None)
+        self.assertIsNone(v["cpu_s_per_gb"])
+        self.assertIsNone(v["host_cores"])
+
+    def test_target_met(self) -> None:
+        """Twice the throughput at 0.8 times the CPU per GB meets the target."""
+        result = _result()
+        result.comparisons = tunnel.compare(result, "smobility", "openvpn", "OpenVPN")
+        self.assertEqual(len(result.comparisons), 4)
+        first = result.comparisons[0]
+        self.assertEqual(first.values["mbps_ratio"], 2.0)
+        self.assertEqual(first.values["cpu_per_gb_ratio"], 0.8)
+        tunnel.judge(result)
+        self.assertIs(result.target_met, True)
+        self.assertIn("target MET", result.verdict[-1])
+
+    def test_target_missed(self) -> None:
+        """More CPU per GB misses it even at twice the speed; no OpenVPN: not judged."""
+        result = _result()
+        for row in result.rows:
+            if row.peer == "smobility":
+                row.values["cpu_s_per_gb"] = 11.0
+        result.comparisons = tunnel.compare(result, "smobility", "openvpn", "OpenVPN")
+        tunnel.judge(result)
+        self.assertIs(result.target_met, False)
+        self.assertIn("NOT MET", result.verdict[-1])
+
+        result = _result()
+        result.rows = [r for r in result.rows if r.peer != "openvpn"]
+        result.comparisons = tunnel.compare(result, "smobility", "openvpn", "OpenVPN")
+        self.assertEqual(result.comparisons, [])
+        tunnel.judge(result)
+        self.assertIsNone(result.target_met)
+
+
+class TableTests(SynchronousTestCase):
+    """The text and Markdown tables, the result files and the document."""
+
+    columns = [Column("mbps", "Mbit/s", "{:,.0f}"), Column("cost", "CPU s/GB", "{:.2f}")]
+    rows = [
+        Row("a", "x", "smobility, cn -> client", {"mbps": 1234.4, "cost": 8.456}),
+        Row("b", "x", "bare", {"mbps": 13600.0, "cost": None}),
+        Row("c", "x", "openvpn | tcp", error="openvpn is not installed\n(second line)"),
+    ]
+
+    def test_text(self) -> None:
+        """Aligned columns, thousands separators, C{-} for missing, one-line errors."""
+        lines = report.text_table(self.columns, self.rows).splitlines()
+        self.assertEqual(len(lines), 5)
+        self.assertTrue(lines[0].endswith("Mbit/s  CPU s/GB"))
+        self.assertEqual(lines[2], "smobility, cn -> client   1,234      8.46")
+        self.assertEqual(lines[3], "bare                     13,600         -")
+        self.assertEqual(lines[4], "openvpn | tcp            ERROR: openvpn is not installed")
+        self.assertEqual(len({len(line) for line in lines[:4]}), 1)
+
+    def test_markdown(self) -> None:
+        """A Markdown table: pipes escaped, numbers right-aligned."""
+        lines = report.markdown_table(self.columns, self.rows, "case").splitlines()
+        self.assertEqual(lines[0], "| case | Mbit/s | CPU s/GB |")
+        self.assertEqual(lines[1], "| --- | ---: | ---: |")
+        self.assertEqual(lines[2], "| smobility, cn -> client | 1,234 | 8.46 |")
+        self.assertEqual(lines[3], "| bare | 13,600 | - |")
+        self.assertEqual(lines[4], "| openvpn \\| tcp | error: openvpn is not installed |  |")
+
+    def test_files_and_doc(self) -> None:
+        """Results go to a time-stamped and a latest file; the document shows the latest."""
+        directory = Path(self.mktemp())
+        result = _result()
+        path = report.write_result(result, directory)
+        self.assertEqual(path.name, "20250131T120000Z-tunnel.json")
+        self.assertTrue((directory / "latest-tunnel.json").is_file())
+        (directory / "latest-broken.json").write_text("{")
+        loaded = report.load_latest(directory)
+        self.assertEqual(list(loaded), ["tunnel"])
+        doc = report.render_doc(loaded, {"tunnel": "How it is measured."}, ["tunnel"])
+        self.assertIn("## Tunnel throughput", doc)
+        self.assertIn("| tunnel, case | Mbit/s |", doc)
+        self.assertIn("How it is measured.", doc)
+        self.assertIn("| smobility, cn -> client | 1,000 | 3 | 8.00 |", doc)
+        self.assertIn("Method and noise", doc)
+        self.assertIn("error: wireguard-go is not installed", doc)
+        self.assertIn("No results yet", report.render_doc({}, {}))
+        text = report.render_text(result)
+        self.assertIn("ERROR: wireguard-go is not installed", text)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """Options and the root check (nothing is built)."""
+
+    def test_defaults(self) -> None:
+        """10 s per test, 4 with --quick, --duration wins; every scenario."""
+        self.assertEqual(runner.parse_args([]).duration, runner.DURATION)
+        self.assertEqual(runner.parse_args(["--quick"]).duration, runner.QUICK_DURATION)
+        self.assertEqual(runner.parse_args(["--quick", "--duration", "2"]).duration, 2.0)
+        self.assertEqual(runner.parse_args([]).scenario, list(runner.SCENARIOS))
+        args = runner.parse_args(["--only", "smobility,openvpn"])
+        self.assertEqual(args.only, ["smobility", "openvpn"])
+
+    def test_bad_options(self) -> None:
+        """Unknown peers or scenarios, bad numbers: usage errors (exit 2)."""
+        for argv in (
+            ["--only", "ipsec"],
+            ["--only", ","],
+            ["--scenario", "nope"],
+            ["--duration", "0"],
+            ["--rounds", "0"],
+        ):
+            with mock.patch("sys.stderr"):
+                e = self.assertRaises(SystemExit, runner.parse_args, argv)
+            self.assertEqual(e.code, 2)
+
+    def test_not_root(self) -> None:
+        """Without root: a sentence and exit status 2, before anything is built."""
+        with (
+            mock.patch("os.geteuid", return_value=1000),
+            mock.patch("sys.stderr") as err,
+            mock.patch.object(runner, "Lab") as lab,
+        ):
+            self.assertEqual(runner.main(["--quick"]), 2)
+        lab.assert_not_called()
+        written = "".join(str(c.args[0]) for c in err.write.call_args_list)
+        self.assertIn("needs root", written)
