@@ -308,6 +308,15 @@ class MuxConfig:
     socks_port: int
     state_db: Path
     warnings: tuple[str, ...]
+    esp_port: int = 4500
+    max_sessions: int = 256
+    max_buffer: int = 262144
+    idle_timeout: float = 60.0
+    keepalive: float = 10.0
+    socks: bool = True
+    socks_handshake_timeout: float = 10.0
+    socks_max_per_user: int = 16
+    tls_name: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -1102,8 +1111,19 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
 # Multiplexer
 
 _MUX_KEYS = (
-    "listen", "port", "tls", "tls_cert", "tls_key", "home_agent",
-    "home_agent_port", "socks_listen", "socks_port", "state_db",
+    "listen", "port", "tls", "tls_cert", "tls_key", "tls_name", "home_agent",
+    "home_agent_port", "esp_port", "max_sessions", "max_buffer", "idle_timeout",
+    "keepalive", "socks", "socks_listen", "socks_port", "socks_handshake_timeout",
+    "socks_max_per_user", "state_db",
+)
+# One largest tunnel frame (smobility.wire.httptunnel.MAX_FRAME): a session's
+# buffer must hold at least that.
+_MUX_MIN_BUFFER = 3 + 16384
+_MUX_MAX_BUFFER = 64 * 1024 * 1024
+_DNS_NAME_RE = re.compile(_LABEL + r"(?:\." + _LABEL + r")*\.?")
+_TLS_NAME_EXPECTED = (
+    'the host name (or IP address) clients check the certificate against, '
+    'such as "mux.example.org"'
 )
 
 
@@ -1111,6 +1131,19 @@ def _overlap(a: str, b: str) -> bool:
     # Two bind addresses collide if equal or if either is a wildcard.
     wild = (_ANY_IPV4, "::")
     return a == b or a in wild or b in wild
+
+
+def _mux_tls_name(m: _Reader) -> str | None:
+    value = m.optional_string("tls_name", _TLS_NAME_EXPECTED)
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) > 253 or _DNS_NAME_RE.fullmatch(value) is None:
+        m.fail("tls_name", f"{_show(value)} is not a host name", _TLS_NAME_EXPECTED)
+    return value.rstrip(".").lower()
 
 
 def load_mux(path: str | os.PathLike[str]) -> MuxConfig:
@@ -1128,6 +1161,7 @@ def load_mux(path: str | os.PathLike[str]) -> MuxConfig:
     tls = m.boolean("tls", "true or false", True)
     tls_cert = m.optional_path("tls_cert", "a path to the PEM certificate (chain)")
     tls_key = m.optional_path("tls_key", "a path to the PEM private key")
+    tls_name = _mux_tls_name(m)
     if tls:
         for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
             if value is None:
@@ -1139,19 +1173,62 @@ def load_mux(path: str | os.PathLike[str]) -> MuxConfig:
         for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
             if value is not None:
                 m.warn(name, "is ignored because mux.tls is false")
+        if tls_name is not None:
+            m.warn("tls_name", "is ignored because mux.tls is false")
     home_agent = m.ipv4("home_agent")
     home_agent_port = m.port("home_agent_port", 434)
+    esp_port = m.port("esp_port", 4500)
+    if esp_port == home_agent_port:
+        m.fail(
+            "esp_port", f"{esp_port} is also mux.home_agent_port",
+            "the home agent's ESP-in-UDP port (tunnel.port of the home agent, default "
+            "4500), different from its registration port",
+        )
+    max_sessions = m.integer(
+        "max_sessions", 1, 65535, "an integer from 1 to 65535 (one UDP socket each)", 256
+    )
+    max_buffer = m.integer(
+        "max_buffer", _MUX_MIN_BUFFER, _MUX_MAX_BUFFER,
+        f"a number of bytes from {_MUX_MIN_BUFFER} (one largest frame) to {_MUX_MAX_BUFFER}",
+        262144,
+    )
+    idle_timeout = m.number(
+        "idle_timeout", "a number of seconds greater than 0 and at most 86400",
+        60.0, above=0.0, at_most=86400.0,
+    )
+    keepalive = m.number(
+        "keepalive",
+        "a number of seconds greater than 0 and at most 300 (well under the idle "
+        "timeouts of proxies on the way)",
+        10.0, above=0.0, at_most=300.0,
+    )
+    socks = m.boolean("socks", "true or false", True)
     socks_listen = m.listen("socks_listen", "127.0.0.1", ipv4_only=False)
     socks_port = m.port("socks_port", 1080)
-    if socks_port == port and _overlap(listen, socks_listen):
+    if socks and socks_port == port and _overlap(listen, socks_listen):
         m.fail(
             "socks_port", f"{socks_port} is also mux.port on an overlapping address",
             "a port different from mux.port, or non-overlapping listen addresses",
         )
+    socks_handshake_timeout = m.number(
+        "socks_handshake_timeout", "a number of seconds greater than 0 and at most 300",
+        10.0, above=0.0, at_most=300.0,
+    )
+    socks_max_per_user = m.integer(
+        "socks_max_per_user", 1, 4096, "an integer from 1 to 4096", 16
+    )
+    if not socks:
+        for name in ("socks_listen", "socks_port", "socks_handshake_timeout",
+                     "socks_max_per_user"):
+            if m.has(name):
+                m.warn(name, "is ignored because mux.socks is false")
     state_db = m.path("state_db", "a path to the SQLite state database")
     return MuxConfig(
         path=ctx.path, listen=listen, port=port, tls=tls, tls_cert=tls_cert,
         tls_key=tls_key, home_agent=home_agent, home_agent_port=home_agent_port,
         socks_listen=socks_listen, socks_port=socks_port, state_db=state_db,
-        warnings=tuple(ctx.warnings),
+        warnings=tuple(ctx.warnings), esp_port=esp_port, max_sessions=max_sessions,
+        max_buffer=max_buffer, idle_timeout=idle_timeout, keepalive=keepalive,
+        socks=socks, socks_handshake_timeout=socks_handshake_timeout,
+        socks_max_per_user=socks_max_per_user, tls_name=tls_name,
     )

@@ -62,7 +62,6 @@ class OptionsTests(TestCase):
     def test_unbuilt_roles_refuse_with_reason(self) -> None:
         for tap, example, missing in [
             (relay_tap, "relay.toml", "registration relaying"),
-            (mux_tap, "mux.toml", "SOCKS5 ingress"),
         ]:
             e = self.assertRaises(
                 usage.UsageError,
