@@ -65,7 +65,7 @@ class TopologyTests(SynchronousTestCase):
         for link in TOPOLOGY.links:
             self.assertLessEqual(len(link.ifname), 15)
             self.assertLessEqual(len(link.peer_ifname), 15)
-        self.assertEqual(TOPOLOGY.all_bridges(), ("br-home", "br-v1", "br-v2"))
+        self.assertEqual(TOPOLOGY.all_bridges(), ("br-home", "br-v1", "br-v2", "br-v3"))
 
     def test_addresses(self) -> None:
         """The constants the demo and the tests rely on."""
@@ -74,13 +74,16 @@ class TopologyTests(SynchronousTestCase):
         self.assertEqual(Lab.CN, "10.77.0.100")
         self.assertEqual(Lab.HOA, "10.77.0.10")
         self.assertIn(IPv4Address(Lab.HOA), IPv4Network(Lab.HOME_NET))
-        self.assertEqual(Lab.NETWORKS, ("home", "v1", "v2"))
+        self.assertEqual(Lab.NETWORKS, ("home", "v1", "v2", "v3"))
         home = TOPOLOGY.network("home")
         self.assertEqual([(r.mac, r.address) for r in home.reservations], [(Lab.MN_MAC, Lab.HOA)])
         # V1 is routed from the internet, V2 is not (it is behind NAT).
         routed = {r.destination for r in TOPOLOGY.routes if r.role == "inet"}
         self.assertEqual(routed, {Lab.V1_NET})
-        self.assertEqual([(m.role, m.source) for m in TOPOLOGY.masquerades], [("v2", Lab.V2_NET)])
+        self.assertEqual(
+            [(m.role, m.source) for m in TOPOLOGY.masquerades],
+            [("v2", Lab.V2_NET), ("v3", Lab.V3_NET)],
+        )
 
     def test_bad_topology(self) -> None:
         """A too long interface name is refused before anything is built."""
@@ -185,7 +188,7 @@ class LiveLabTests(SynchronousTestCase):
         procs = self.lab.processes()
         self.assertEqual(
             sorted(p.name for p in procs),
-            ["dnsmasq-home", "dnsmasq-v1", "dnsmasq-v2", "udhcpc"],
+            ["dnsmasq-home", "dnsmasq-v1", "dnsmasq-v2", "dnsmasq-v3", "udhcpc"],
         )
         self.assertTrue(all(p.running for p in procs), procs)
         for pid in first.values():
@@ -194,7 +197,7 @@ class LiveLabTests(SynchronousTestCase):
         self.assertIsNone(self.lab.attached())
         self.assertIsNone(self.lab.uplink_address())
         # Every DHCP server listens once up() returns.
-        for role in ("ha", "v1", "v2"):
+        for role in ("ha", "v1", "v2", "v3"):
             out = self.lab.exec(role, "ss", "-H", "-uln", "sport = :67").stdout
             self.assertIn(":67", out)
 
@@ -228,6 +231,48 @@ class LiveLabTests(SynchronousTestCase):
         self.assertEqual(self.ha_sees(), Lab.V2_PUBLIC)
         # Nothing on the internet routes to V2.
         self.assertFalse(self.lab.ping("inet", str(address.ip)))
+
+    def test_move_v3_strict_firewall(self) -> None:
+        """On V3 nothing gets out but the proxy host; the home perimeter admits only SOCKS."""
+        self.lab.up()
+        self.lab.move("v3")
+        address = self.lab.wait_address("v3")
+        self.assertIn(address.ip, IPv4Network(Lab.V3_NET))
+        self.assertTrue(self.lab.ping("mn", Lab.PROXY))
+        self.assertFalse(self.lab.ping("mn", Lab.HA_PUBLIC))
+        self.assertTrue(self.lab.ping("proxy", Lab.HA_PUBLIC))
+        # The home perimeter forwards TCP to the SOCKS5 ingress port only.
+        listener = self.lab.popen(
+            "mux", sys.executable, "-c",
+            "import socket,time\n"
+            "a=socket.socket(); a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"a.bind(('{Lab.MUX}', {Lab.SOCKS_PORT})); a.listen(4)\n"
+            "b=socket.socket(); b.bind(('0.0.0.0', 8080)); b.listen(4)\n"
+            "print('ready', flush=True); time.sleep(30)",
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.addCleanup(listener.wait, 10)
+        self.addCleanup(listener.kill)
+        assert listener.stdout is not None
+        self.assertEqual(listener.stdout.readline().strip(), b"ready")
+        probe = (
+            "import socket,sys\n"
+            "s=socket.socket(); s.settimeout(2)\n"
+            "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+            "except OSError as e:\n print('closed', e)"
+        )
+        ok = self.lab.exec("proxy", sys.executable, "-c", probe, Lab.HA_PUBLIC,
+                           str(Lab.SOCKS_PORT)).stdout  # fmt: skip
+        self.assertIn("open", ok)
+        # Give the internet a route into the home LAN: the firewall, not the
+        # routing, must be what stops everything but the SOCKS5 port.
+        self.lab.exec("inet", "ip", "route", "add", Lab.HOME_NET, "via", Lab.HA_PUBLIC)
+        blocked = self.lab.exec("inet", sys.executable, "-c", probe, Lab.MUX, "8080").stdout
+        self.assertIn("closed", blocked)
+        allowed = self.lab.exec("inet", sys.executable, "-c", probe, Lab.MUX,
+                                str(Lab.SOCKS_PORT)).stdout  # fmt: skip
+        self.assertIn("open", allowed)
+        self.assertFalse(self.lab.ping("inet", Lab.CN))
 
     def test_move_home(self) -> None:
         """At home the mobile node gets its reserved address and reaches cn on the LAN."""
@@ -281,7 +326,7 @@ class LiveLabTests(SynchronousTestCase):
         self.lab.move("v2")
         self.lab.wait_address("v2")
         pids = [p.pid for p in self.lab.processes()]
-        self.assertEqual(len(pids), 4)
+        self.assertEqual(len(pids), 5)
         tables = self.lab.exec("v2", "nft", "list", "tables").stdout
         self.assertIn(f"table ip {self.prefix}", tables)
         workdir = self.lab.workdir

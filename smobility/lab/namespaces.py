@@ -161,6 +161,18 @@ class Lab:
     """Visited network 2's router, LAN side (its DHCP server)."""
     V2_NET = topo.V2_NET
     """Visited network 2 (behind NAT: not routed from the internet)."""
+    V3_NET = topo.V3_NET
+    """Visited network 3 (strict firewall: only its proxy host gets out)."""
+    V3_LAN = topo.V3_LAN
+    """Visited network 3's router, LAN side."""
+    PROXY = topo.PROXY_ADDR
+    """The HTTP proxy host of visited network 3."""
+    MUX = topo.MUX_ADDR
+    """The multiplexer host on the home LAN."""
+    SOCKS_PORT = topo.SOCKS_PORT
+    """The SOCKS5 ingress port (forwarded from the home agent's public address)."""
+    MUX_PORT = topo.MUX_PORT
+    """The multiplexer's HTTP(S) port on its host."""
     MN_MAC = topo.MN_MAC
     """The mobile node's uplink MAC address."""
     UPLINK = topo.MN_UPLINK
@@ -440,19 +452,28 @@ class Lab:
             self._ip_batch(role, create[role])
         for role in t.roles:
             self._ip_batch(role, config[role])
-        for nat in t.masquerades:
-            self.exec(nat.role, self._tool("nft"), "-f", "-", input=self._nft(nat))
+        for role in t.roles:
+            ruleset = self._nft(role)
+            if ruleset:
+                self.exec(role, self._tool("nft"), "-f", "-", input=ruleset)
 
-    def _nft(self, nat: topo.Masquerade) -> str:
-        """The nftables ruleset (one table named after the prefix) for C{nat}."""
-        return (
-            f"table ip {self.prefix} {{\n"
-            "  chain postrouting {\n"
-            "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    oifname "{nat.out_ifname}" ip saddr {nat.source} masquerade\n'
-            "  }\n"
-            "}\n"
-        )
+    def _nft(self, role: str) -> str:
+        """The nftables ruleset of C{role} (one table named after the prefix), or ""."""
+        t = self.topology
+        nats = [n for n in t.masquerades if n.role == role]
+        walls = [f.chains for f in t.firewalls if f.role == role]
+        if not nats and not walls:
+            return ""
+        body = ""
+        if nats:
+            body += "  chain postrouting {\n"
+            body += "    type nat hook postrouting priority srcnat; policy accept;\n"
+            for nat in nats:
+                body += f'    oifname "{nat.out_ifname}" ip saddr {nat.source} masquerade\n'
+            body += "  }\n"
+        for chains in walls:
+            body += chains
+        return f"table ip {self.prefix} {{\n{body}}}\n"
 
     def _spawn(self, name: str, role: str, argv: Sequence[str]) -> None:
         """Start a lab process in C{role}'s namespace; record its PID in its pid file."""
@@ -754,10 +775,10 @@ class Lab:
         self._spawned.clear()
 
         existing = set(self.namespaces())
-        for nat in self.topology.masquerades:
-            if self.ns(nat.role) in existing:
+        for role in self.topology.roles:
+            if self.ns(role) in existing and self._nft(role):
                 self.exec(
-                    nat.role, self._tool("nft"), "delete", "table", "ip", self.prefix, check=False
+                    role, self._tool("nft"), "delete", "table", "ip", self.prefix, check=False
                 )
         for name in sorted(existing):
             self._run([self._tool("ip"), "netns", "delete", name], check=False)

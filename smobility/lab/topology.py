@@ -36,6 +36,12 @@ V2 = "v2"
 """The router of visited network 2 (behind NAT)."""
 MN = "mn"
 """The mobile node."""
+V3 = "v3"
+"""The router of visited network 3: a strict firewall; only its proxy host gets out."""
+PROXY = "proxy"
+"""The HTTP proxy host of visited network 3 (Squid or tinyproxy run there)."""
+MUX = "mux"
+"""The multiplexer host on the home LAN (HTTP(S) tunnel server and SOCKS5 ingress)."""
 
 MN_UPLINK = "uplink"
 """The mobile node's only interface (a veth)."""
@@ -128,6 +134,17 @@ class Masquerade:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    """nftables chains for C{role}, put in the lab's table (named after the prefix).
+
+    C{chains} is the body of the table: chain definitions in nft syntax.
+    """
+
+    role: str
+    chains: str
+
+
+@dataclass(frozen=True)
 class Topology:
     """Everything the lab builds, in the order it is built."""
 
@@ -138,6 +155,7 @@ class Topology:
     networks: tuple[Network, ...]
     masquerades: tuple[Masquerade, ...] = ()
     bridges: tuple[str, ...] = field(default=())
+    firewalls: tuple[Firewall, ...] = ()
 
     def network(self, name: str) -> Network:
         """
@@ -179,31 +197,71 @@ V1_NET = "192.168.101.0/24"
 V1_LAN = "192.168.101.1"
 V2_NET = "192.168.102.0/24"
 V2_LAN = "192.168.102.1"
+INET_V3 = "172.31.3.1"
+V3_PUBLIC = "172.31.3.2"
+V3_NET = "192.168.103.0/24"
+V3_LAN = "192.168.103.1"
+PROXY_ADDR = "192.168.103.3"
+MUX_ADDR = "10.77.0.2"
+SOCKS_PORT = 1080
+MUX_PORT = 8443
+
+# Visited network 3 lets nothing out but its proxy host (no UDP, no direct TCP).
+V3_FIREWALL = f"""
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan0" ip saddr {PROXY_ADDR} accept
+  }}
+"""
+
+# The home perimeter (on ha): from the internet only TCP to the SOCKS5 ingress
+# of the multiplexer reaches the home LAN (the home agent's own UDP services
+# are not forwarded traffic and stay open).
+HOME_PERIMETER = f"""
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "wan0" tcp dport {SOCKS_PORT} dnat to {MUX_ADDR}:{SOCKS_PORT}
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "wan0" oifname "lan0" ct state established,related accept
+    iifname "wan0" oifname "lan0" ip daddr {MUX_ADDR} tcp dport {SOCKS_PORT} accept
+    iifname "wan0" oifname "lan0" drop
+  }}
+"""
 
 TOPOLOGY = Topology(
-    roles=(SW, HA, CN, INET, V1, V2, MN),
+    roles=(SW, HA, CN, INET, V1, V2, V3, PROXY, MUX, MN),
     links=(
         # LAN side: every peer in sw, on its bridge.
         Link(HA, "lan0", f"{HA_LAN}/24", SW, "ha-lan", bridge="br-home"),
         Link(CN, "eth0", f"{CN_ADDR}/24", SW, "cn-eth0", bridge="br-home"),
         Link(V1, "lan0", f"{V1_LAN}/24", SW, "v1-lan", bridge="br-v1"),
         Link(V2, "lan0", f"{V2_LAN}/24", SW, "v2-lan", bridge="br-v2"),
+        Link(V3, "lan0", f"{V3_LAN}/24", SW, "v3-lan", bridge="br-v3"),
+        Link(PROXY, "eth0", f"{PROXY_ADDR}/24", SW, "proxy-eth0", bridge="br-v3"),
+        Link(MUX, "eth0", f"{MUX_ADDR}/24", SW, "mux-eth0", bridge="br-home"),
         # The mobile node starts detached (mn-port on no bridge, down).
         Link(MN, MN_UPLINK, None, SW, MN_PORT, mac=MN_MAC),
         # WAN side: point-to-point links to the internet router.
         Link(HA, "wan0", f"{HA_PUBLIC}/24", INET, "to-ha", f"{INET_HA}/24"),
         Link(V1, "wan0", f"{V1_PUBLIC}/24", INET, "to-v1", f"{INET_V1}/24"),
         Link(V2, "wan0", f"{V2_PUBLIC}/24", INET, "to-v2", f"{INET_V2}/24"),
+        Link(V3, "wan0", f"{V3_PUBLIC}/24", INET, "to-v3", f"{INET_V3}/24"),
     ),
     routes=(
         Route(HA, "default", INET_HA),
         Route(CN, "default", HA_LAN),
         Route(V1, "default", INET_V1),
         Route(V2, "default", INET_V2),
+        Route(V3, "default", INET_V3),
+        Route(PROXY, "default", V3_LAN),
+        Route(MUX, "default", HA_LAN),
         # V1 is routed (public-like); V2 is not: it is only reachable through its NAT.
         Route(INET, V1_NET, V1_PUBLIC),
     ),
-    forwarding=frozenset({HA, INET, V1, V2}),
+    forwarding=frozenset({HA, INET, V1, V2, V3}),
     networks=(
         Network(
             "home",
@@ -217,8 +275,10 @@ TOPOLOGY = Topology(
         ),
         Network("v1", V1, "lan0", V1_LAN, V1_NET, "192.168.101.100", "192.168.101.199"),
         Network("v2", V2, "lan0", V2_LAN, V2_NET, "192.168.102.100", "192.168.102.199"),
+        Network("v3", V3, "lan0", V3_LAN, V3_NET, "192.168.103.100", "192.168.103.199"),
     ),
-    masquerades=(Masquerade(V2, V2_NET, "wan0"),),
+    masquerades=(Masquerade(V2, V2_NET, "wan0"), Masquerade(V3, V3_NET, "wan0")),
+    firewalls=(Firewall(V3, V3_FIREWALL), Firewall(HA, HOME_PERIMETER)),
 )
 """The lab as the project uses it."""
 
