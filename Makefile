@@ -30,7 +30,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc libffi-dev tshark tcpdump \
 	iproute2 nftables openssh-client dnsmasq-base udhcpc iperf3 openvpn wireguard-go wireguard-tools \
 	strongswan-pki curl microsocks dante-server \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
-	libstrongswan-extra-plugins
+	libstrongswan-extra-plugins squid tinyproxy apache2-utils
 
 # apt-get update runs at most once a day (and only when something is missing).
 APT_UPDATE_MAX_AGE_MIN := 1440
