@@ -38,6 +38,8 @@ __all__ = [
     "ClientTunnelConfig",
     "ESPKeys",
     "HomeTunnelConfig",
+    "ProxyConfig",
+    "TransportConfig",
     "ConfigError",
     "HomeConfig",
     "ManholeConfig",
@@ -210,6 +212,54 @@ class HomeTunnelConfig:
     keepalive: int
 
 
+@dataclass(frozen=True, repr=False)
+class ProxyConfig:
+    """One proxy on an HTTP transport's path (the password is never shown)."""
+
+    kind: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    def __repr__(self) -> str:
+        return f"ProxyConfig(kind={self.kind!r}, host={self.host!r}, port={self.port})"
+
+
+@dataclass(frozen=True, repr=False)
+class TransportConfig:
+    """One way to reach the home agent, in the client's order of preference.
+
+    ``kind`` "udp": registration and ESP-in-UDP straight to the home agent.
+    ``kind`` "http": datagrams framed in HTTP(S) to the multiplexer, directly
+    or through ``proxy`` (and ``outer_proxy`` in front of it).
+    """
+
+    kind: str
+    fallback_after: float
+    mux_host: str | None = None
+    mux_port: int = 8443
+    tls: bool = True
+    tls_name: str | None = None
+    ca_file: Path | None = None
+    token: bytes = b""
+    upload: str = "stream"
+    proxy: ProxyConfig | None = None
+    outer_proxy: ProxyConfig | None = None
+
+    def __repr__(self) -> str:
+        via = [p for p in (self.outer_proxy, self.proxy) if p is not None]
+        mux = f"{self.mux_host}:{self.mux_port}"
+        return f"TransportConfig(kind={self.kind!r}, mux={mux}, via={via})"
+
+    def label(self) -> str:
+        """A short name for logs and the timeline."""
+        if self.kind == "udp":
+            return "udp"
+        hops = [p.kind for p in (self.outer_proxy, self.proxy) if p is not None]
+        return "http" + "".join(f"+{h}" for h in hops) + ("(tls)" if self.tls else "")
+
+
 @dataclass(frozen=True)
 class ClientTunnelConfig:
     """The client's data plane: TUN device, ports, routes."""
@@ -275,6 +325,8 @@ class ClientConfig:
     warnings: tuple[str, ...]
     tunnel: ClientTunnelConfig | None = None
     esp: ESPKeys | None = None
+    transports: tuple[TransportConfig, ...] = ()
+    climb_back_after: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -765,6 +817,93 @@ def _ifname(r: _Reader, name: str, default: str | _Missing) -> str:
     return value
 
 
+_TRANSPORT_KEYS = (
+    "kind", "fallback_after", "mux_host", "mux_port", "tls", "tls_name", "ca_file",
+    "token_file", "token", "upload", "proxy", "outer_proxy",
+)
+_PROXY_KEYS = ("kind", "host", "port", "username", "password", "password_file")
+
+
+def _read_secret_text(r: _Reader, name: str) -> str | None:
+    """A password given inline (with a warning) or in a file (first line)."""
+    if r.has(name) and r.has(f"{name}_file"):
+        r.fail(name, f"both {name} and {name}_file are given", "exactly one of them")
+    if r.has(name):
+        r.warn(name, f"written inline; expected {name}_file naming a file of mode 0600")
+        return r.string(name, "a string")
+    if r.has(f"{name}_file"):
+        path = r.path(f"{name}_file")
+        try:
+            st = os.stat(path)
+            text = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            r.fail(f"{name}_file", f"cannot read {path} ({e})", "a readable text file")
+        if st.st_mode & 0o077:
+            r.warn(f"{name}_file", f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; expected 0600")
+        if not text or not text[0]:
+            r.fail(f"{name}_file", f"{path} is empty", "the secret on the first line")
+        return text[0]
+    return None
+
+
+def _read_proxy(parent: _Reader, name: str) -> ProxyConfig | None:
+    p = parent.subtable(name, _PROXY_KEYS, required=False)
+    if p is None:
+        return None
+    kind = p.choice("kind", ("socks5", "http-connect", "http-plain"), "http-connect")
+    host = p.string("host", "the proxy's address or name")
+    port = p.port("port")
+    username = p.optional_string("username", "a user name")
+    password = _read_secret_text(p, "password")
+    if (username is None) != (password is None):
+        p.fail("username", "username and password go together", "both or neither")
+    if kind == "socks5" and username is None:
+        p.fail("username", "the SOCKS5 ingress needs a username", "username and password")
+    return ProxyConfig(kind, host, port, username, password)
+
+
+def _read_transports(top: _Reader) -> tuple[TransportConfig, ...]:
+    result: list[TransportConfig] = []
+    for t in top.array_of_tables("transport", _TRANSPORT_KEYS, minimum=0):
+        kind = t.choice("kind", ("udp", "http"), "udp")
+        fallback = t.number(
+            "fallback_after", "seconds greater than 0", 4.0, above=0.0, at_most=600.0
+        )
+        if kind == "udp":
+            for extra in _TRANSPORT_KEYS[2:]:
+                if t.has(extra):
+                    t.fail(extra, "only HTTP transports take this key", 'kind = "http"')
+            result.append(TransportConfig("udp", fallback))
+            continue
+        mux_host = t.string("mux_host", "the multiplexer's address as the last hop dials it")
+        mux_port = t.port("mux_port", 8443)
+        tls = t.boolean("tls", "true or false", True)
+        tls_name = t.optional_string("tls_name", "the DNS name in the multiplexer's certificate")
+        ca_file = t.optional_path("ca_file")
+        if tls and ca_file is None:
+            t.fail("ca_file", "required with tls = true", "the home server's CA certificate (PEM)")
+        token_text = _read_secret_text(t, "token")
+        if token_text is None:
+            t.fail("token", "neither token nor token_file is given",
+                   "the credential from `smobility-ctl tokens issue`")
+        try:
+            token = bytes.fromhex(token_text.strip())
+        except ValueError:
+            t.fail("token", "the credential is not hex", "the 64 hex digits the ctl printed")
+        upload = t.choice("upload", ("stream", "batch"), "stream")
+        proxy = _read_proxy(t, "proxy")
+        outer = _read_proxy(t, "outer_proxy")
+        if outer is not None and proxy is None:
+            t.fail("outer_proxy", "given without proxy", "a [transport.proxy] behind it")
+        if proxy is not None and proxy.kind == "http-plain" and tls:
+            t.fail("proxy", "plain HTTP requests cannot carry TLS", "tls = false, or http-connect")
+        result.append(TransportConfig(
+            "http", fallback, mux_host, mux_port, tls, tls_name, ca_file, token, upload,
+            proxy, outer,
+        ))
+    return tuple(result)
+
+
 _HOME_TUNNEL_KEYS = ("device", "listen", "port", "lan_interface", "path_mtu", "keepalive")
 _CLIENT_TUNNEL_KEYS = (
     "device", "port", "local_port", "home_network", "routes", "path_mtu", "keepalive",
@@ -962,7 +1101,7 @@ _CLIENT_KEYS = (
     "name", "home_address", "home_agent", "home_agent_port", "lifetime",
     "care_of_address", "local_address", "local_port", "retransmit_initial",
     "retransmit_max", "max_attempts", "reregister_margin", "udp_tunnel",
-    "nai", "status_file",
+    "nai", "status_file", "climb_back_after",
 ) + _AUTH_KEYS
 _UDP_TUNNEL = ("auto", "force", "off")
 
@@ -975,7 +1114,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         is unknown, missing, of the wrong type or out of range.
     """
     ctx, doc = _open(path)
-    top = _Reader(ctx, doc, "", ("client", "tunnel", "esp"))
+    top = _Reader(ctx, doc, "", ("client", "tunnel", "esp", "transport"))
     c = top.section("client", _CLIENT_KEYS)
     name = c.name("name")
     home_address = c.ipv4("home_address")
@@ -1020,6 +1159,10 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
     udp_tunnel = c.choice("udp_tunnel", _UDP_TUNNEL, "auto")
     nai = c.nai("nai")
     status_file = c.optional_path("status_file")
+    climb_back_after = c.number(
+        "climb_back_after", "seconds greater than 0", 30.0, above=0.0, at_most=86400.0
+    )
+    transports = _read_transports(top)
     tunnel = _read_client_tunnel(top)
     if tunnel is not None and not top.has("esp"):
         top.fail("esp", "required section is missing ([tunnel] is configured)",
@@ -1038,6 +1181,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         max_attempts=max_attempts, reregister_margin=reregister_margin,
         udp_tunnel=udp_tunnel, nai=nai, status_file=status_file,
         warnings=tuple(ctx.warnings), tunnel=tunnel, esp=esp,
+        transports=transports, climb_back_after=climb_back_after,
     )
 
 

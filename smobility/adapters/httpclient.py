@@ -714,6 +714,7 @@ class HTTPTunnelTransport:
         proxy: ProxySpec | None,
         reactor: Any,
         on_datagram: Callable[[int, bytes], None],
+        outer_proxy: ProxySpec | None = None,
         on_state: Callable[[str, str | None], None] | None = None,
         keepalive: float = 10.0,
         reconnect_initial: float = 0.5,
@@ -747,7 +748,15 @@ class HTTPTunnelTransport:
         self.tls = tls
         self.tls_name = tls_name or host
         self.name = name
+        if outer_proxy is not None and (
+            outer_proxy.kind == "http-plain" or proxy is None or proxy.kind == "http-plain"
+        ):
+            raise ValueError(
+                "a proxy chain is an outer http-connect or socks5 proxy in front of an "
+                "inner http-connect or socks5 proxy"
+            )
         self.proxy = proxy
+        self.outer_proxy = outer_proxy
         self.reactor = reactor
         self.on_datagram = on_datagram
         self.on_state = on_state
@@ -977,29 +986,44 @@ class HTTPTunnelTransport:
         return _TrackedEndpoint(inner, on_socket, host, port)
 
     def _path_endpoint(self, leg: _Leg | None) -> IStreamClientEndpoint:
-        """The endpoint to the multiplexer over the configured path (not plain mode)."""
-        proxy = self.proxy
-        ep: IStreamClientEndpoint
-        if proxy is None:
-            ep = self._tcp(self.host, self.port, leg)
-        elif proxy.kind == "socks5":
-            from smobility.adapters.socks import SOCKS5ClientEndpoint
+        """The endpoint to the multiplexer over the configured path (not plain mode).
 
-            assert proxy.username is not None and proxy.password is not None
-            ep = SOCKS5ClientEndpoint(
-                self._tcp(proxy.host, proxy.port, leg), self.host, self.port,
-                username=proxy.username, password=proxy.password,
-                timeout=self.connect_timeout, reactor=self.reactor,
-            )
+        With ``outer_proxy`` the path is a chain: the outer proxy connects to
+        the inner one, which connects to the multiplexer (for example an
+        authenticated HTTP proxy on a visited network, then the SOCKS5
+        ingress at the home perimeter).
+        """
+        hops = [p for p in (self.outer_proxy, self.proxy) if p is not None]
+        ep: IStreamClientEndpoint
+        if not hops:
+            ep = self._tcp(self.host, self.port, leg)
         else:
-            ep = HTTPConnectEndpoint(
-                self._tcp(proxy.host, proxy.port, leg), self.host, self.port,
-                proxy.username, proxy.password, proxy_address=proxy.address,
-                timeout=self.connect_timeout, reactor=self.reactor,
-            )
+            ep = self._tcp(hops[0].host, hops[0].port, leg)
+            for i, spec in enumerate(hops):
+                nxt = hops[i + 1] if i + 1 < len(hops) else None
+                host, port = (nxt.host, nxt.port) if nxt is not None else (self.host, self.port)
+                ep = self._hop(spec, ep, host, port)
         if self.tls:
             ep = wrapClientTLS(self._tls_creator(), ep)
         return ep
+
+    def _hop(
+        self, spec: ProxySpec, inner: IStreamClientEndpoint, host: str, port: int
+    ) -> IStreamClientEndpoint:
+        """One proxy of the path: from ``inner`` (the way to it) on to host:port."""
+        if spec.kind == "socks5":
+            from smobility.adapters.socks import SOCKS5ClientEndpoint
+
+            assert spec.username is not None and spec.password is not None
+            return SOCKS5ClientEndpoint(
+                inner, host, port,
+                username=spec.username, password=spec.password,
+                timeout=self.connect_timeout, reactor=self.reactor,
+            )  # fmt: skip
+        return HTTPConnectEndpoint(
+            inner, host, port, spec.username, spec.password, proxy_address=spec.address,
+            timeout=self.connect_timeout, reactor=self.reactor,
+        )  # fmt: skip
 
     def _agent(self, leg: _Leg | None, pool: HTTPConnectionPool | None = None) -> Any:
         if pool is None:
