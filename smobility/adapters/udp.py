@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from twisted.internet.protocol import DatagramProtocol
@@ -45,6 +46,7 @@ class MobileNodeProtocol(DatagramProtocol):
     def __init__(self, home_agent: tuple[str, int]) -> None:
         self.home_agent = home_agent
         self.engine: MobileNode | None = None
+        self.on_receive: Callable[[], None] | None = None
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the home agent (dropped if not listening yet)."""
@@ -59,6 +61,8 @@ class MobileNodeProtocol(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         if self.engine is None:
             return
+        if self.on_receive is not None:
+            self.on_receive()
         try:
             self.engine.datagram_received(datagram, addr)
         except Exception:

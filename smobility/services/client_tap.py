@@ -81,8 +81,21 @@ class ClientService(service.MultiService):
         self.cfg = cfg
         self.reactor = reactor
         self.protocol = MobileNodeProtocol((str(cfg.home_agent), cfg.home_agent_port))
-        self.engine = MobileNode(settings_from(cfg), clock=reactor, send=self.protocol.send)
+        self.engine = MobileNode(settings_from(cfg), clock=reactor, send=self._send_registration)
         self.protocol.engine = self.engine
+        from smobility.services.paths import PathManager
+
+        self.paths = PathManager(
+            node=self.engine,
+            transports=cfg.transports,
+            send_udp=self.protocol.send,
+            home_agent=str(cfg.home_agent),
+            ha_port=cfg.home_agent_port,
+            esp_port=cfg.tunnel.port if cfg.tunnel is not None else 4500,
+            reactor=reactor,
+            climb_back_after=cfg.climb_back_after,
+        )
+        self.protocol.on_receive = self.paths.udp_reply
         self.engine.add_listener(self._write_status)
         self.port: IListeningPort | None = None
         self._poll: LoopingCall | None = None
@@ -108,6 +121,9 @@ class ClientService(service.MultiService):
             )
             self.data_plane.setServiceParent(self)
 
+    def _send_registration(self, data: bytes) -> None:
+        self.paths.send_registration(data)
+
     def current_care_of(self) -> IPv4Address | None:
         """The configured care-of address, or the one the OS uses now."""
         if self.cfg.care_of_address is not None:
@@ -123,6 +139,7 @@ class ClientService(service.MultiService):
                 self.log.info(
                     "care-of address changed {old} -> {new}", old=self.engine.care_of, new=coa
                 )
+            self.paths.network_changed()
             self.engine.register(coa)
 
     def privilegedStartService(self) -> None:  # noqa: N802
@@ -203,6 +220,7 @@ class ClientService(service.MultiService):
             if not ok:
                 self.log.warn("stopped without a confirmed deregistration")
             self.engine.stop()
+            self.paths.stop()
             self._write_status(self.engine)
             stopped = maybeDeferred(service.MultiService.stopService, self)
             if self.port is not None:
@@ -221,6 +239,7 @@ class ClientService(service.MultiService):
         if path is None:
             return
         status = engine.status()
+        status["path"] = self.paths.active_label
         if self.data_plane is not None:
             status["tunnel"] = self.data_plane.engine.stats()
         status["events"] = engine.events[-50:]

@@ -1,0 +1,303 @@
+# -*- test-case-name: tests.test_paths -*-
+"""How the client reaches its home agent: its transports in order of preference.
+
+Each transport carries the same two kinds of datagrams: Mobile IP
+registration messages and ESP-in-UDP.  "udp" sends them straight to the home
+agent; "http" frames them to the multiplexer over HTTP(S), directly or
+through proxies (:mod:`smobility.adapters.httpclient`), and the multiplexer
+relays them over UDP, so the home agent sees it like a NAT.
+
+The registration decides: a registration is sent on the transport being
+tried; when no valid reply comes within that transport's ``fallback_after``
+the next one is tried (an HTTP transport that fails outright, e.g. a proxy
+refusing our credentials, is left at once); the transport the accepted reply
+came back on carries the traffic.  While a less preferred transport is in
+use, the preferred one is tried again every ``climb_back_after`` seconds, and
+after every change of network the order starts from the top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from smobility.config import TransportConfig
+from smobility.engines.mobilenode import MobileNode, State
+
+KIND_MIP = 1
+KIND_ESP = 2
+
+EspSink = Callable[[bytes, tuple[str, int]], None]
+
+
+class _Path:
+    """One transport."""
+
+    def __init__(self, index: int, cfg: TransportConfig) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.label = cfg.label()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    @property
+    def failed(self) -> bool:
+        return False
+
+
+class _UDPPath(_Path):
+    def __init__(self, index: int, cfg: TransportConfig, send_udp: Callable[[bytes], None]):
+        super().__init__(index, cfg)
+        self.send_registration = send_udp
+
+
+class _HTTPPath(_Path):
+    log = Logger()
+
+    def __init__(self, index: int, cfg: TransportConfig, owner: PathManager) -> None:
+        super().__init__(index, cfg)
+        self.owner = owner
+        self.transport: Any = None
+        self.last_state: str | None = None
+
+    def _make(self) -> Any:
+        from smobility.adapters.httpclient import HTTPTunnelTransport, ProxySpec
+
+        def spec(p: Any) -> ProxySpec | None:
+            if p is None:
+                return None
+            return ProxySpec(p.kind, p.host, p.port, p.username, p.password)
+
+        c = self.cfg
+        assert c.mux_host is not None
+        return HTTPTunnelTransport(
+            host=c.mux_host,
+            port=c.mux_port,
+            tls=c.tls,
+            tls_name=c.tls_name,
+            ca_file=c.ca_file,
+            name=self.owner.node.settings.name,
+            token=c.token,
+            proxy=spec(c.proxy),
+            outer_proxy=spec(c.outer_proxy),
+            reactor=self.owner.reactor,
+            on_datagram=self._datagram,
+            on_state=self._state,
+            upload=c.upload,
+        )
+
+    def start(self) -> None:
+        if self.transport is None:
+            self.transport = self._make()
+        if self.transport.state in ("down", "failed") and not getattr(
+            self.transport, "_running", False
+        ):
+            self.transport.start()
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stop()
+
+    @property
+    def failed(self) -> bool:
+        return self.transport is not None and self.transport.state == "failed"
+
+    def send_registration(self, data: bytes) -> None:
+        self.start()
+        self.transport.send(KIND_MIP, data)
+
+    def send_esp(self, datagram: bytes) -> None:
+        if self.transport is not None:
+            self.transport.send(KIND_ESP, datagram)
+
+    def _datagram(self, kind: int, data: bytes) -> None:
+        self.owner.received(self, kind, data)
+
+    def _state(self, state: str, reason: str | None) -> None:
+        previous, self.last_state = self.last_state, state
+        self.owner.path_state(self, state, previous, reason)
+
+
+class PathManager:
+    """Chooses the transport; the mobile node and the data plane send through it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        node: MobileNode,
+        transports: tuple[TransportConfig, ...],
+        send_udp: Callable[[bytes], None],
+        home_agent: str,
+        ha_port: int,
+        esp_port: int,
+        reactor: Any,
+        climb_back_after: float = 30.0,
+    ) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.home_agent = home_agent
+        self.ha_addr = (home_agent, ha_port)
+        self.esp_addr = (home_agent, esp_port)
+        self.climb_back_after = climb_back_after
+        if not transports:
+            transports = (TransportConfig("udp", 4.0),)
+        self.paths: list[_Path] = []
+        for i, cfg in enumerate(transports):
+            if cfg.kind == "udp":
+                self.paths.append(_UDPPath(i, cfg, send_udp))
+            else:
+                self.paths.append(_HTTPPath(i, cfg, self))
+        self.trying = 0
+        self.active: int | None = None
+        self.esp_sink: EspSink | None = None
+        self._fallback: IDelayedCall | None = None
+        self._climb: IDelayedCall | None = None
+        self._last_reply_path = 0
+        node.add_listener(self._node_changed)
+
+    # -- what the others call ---------------------------------------------------
+
+    @property
+    def active_label(self) -> str | None:
+        """The transport carrying the traffic now, or ``None``."""
+        return self.paths[self.active].label if self.active is not None else None
+
+    def send_registration(self, data: bytes) -> None:
+        """The mobile node's send(): through the transport being tried."""
+        path = self.paths[self.trying]
+        path.send_registration(data)  # type: ignore[attr-defined]
+        if self._fallback is None or not self._fallback.active():
+            self._fallback = self.reactor.callLater(path.cfg.fallback_after, self._give_up, path)
+
+    def divert_esp(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> bool:
+        """The data plane's hook: True if an HTTP transport took the datagrams."""
+        if self.active is None:
+            return False
+        path = self.paths[self.active]
+        if not isinstance(path, _HTTPPath):
+            return False
+        for datagram, _ in datagrams:
+            path.send_esp(datagram)
+        return True
+
+    def udp_reply(self) -> None:
+        """A registration datagram came back over plain UDP."""
+        self._last_reply_path = self._udp_index()
+
+    def network_changed(self) -> None:
+        """A new network: start from the most preferred transport again."""
+        self._set_trying(0, "network changed")
+
+    def stop(self) -> None:
+        """Stop every HTTP transport and the timers."""
+        for call in (self._fallback, self._climb):
+            if call is not None and call.active():
+                call.cancel()
+        for path in self.paths:
+            path.stop()
+
+    # -- events -------------------------------------------------------------------
+
+    def received(self, path: _HTTPPath, kind: int, data: bytes) -> None:
+        """A datagram from the home agent arrived over an HTTP transport."""
+        if kind == KIND_MIP:
+            self._last_reply_path = path.index
+            self.node.datagram_received(data, self.ha_addr)
+        elif kind == KIND_ESP and self.esp_sink is not None:
+            self.esp_sink(data, self.esp_addr)
+
+    def path_state(
+        self, path: _HTTPPath, state: str, previous: str | None, reason: str | None
+    ) -> None:
+        """An HTTP transport changed state."""
+        if state == "failed" and path.index == self.trying:
+            self.log.warn("transport {label} failed: {why}", label=path.label, why=reason)
+            self._next("it failed")
+        elif state == "up" and previous == "down" and path.index == self.active:
+            # The multiplexer may have made a new session (a new UDP port):
+            # register again so the home agent follows.
+            if self.node.care_of is not None:
+                self.node.register(self.node.care_of)
+
+    def _node_changed(self, node: MobileNode) -> None:
+        if node.state is State.REGISTERED or node.state is State.AT_HOME:
+            if self._fallback is not None and self._fallback.active():
+                self._fallback.cancel()
+            self._fallback = None
+        if node.state is State.REGISTERED:
+            index = self._last_reply_path
+            if index != self.active:
+                old = self.active_label
+                self.active = index
+                self.trying = index
+                node.note_event("path", path=self.paths[index].label, previous=old)
+                self.log.info(
+                    "traffic now over {label}", label=self.paths[index].label
+                )
+                for other in self.paths:
+                    if other.index != index and isinstance(other, _HTTPPath):
+                        other.stop()
+            self._arm_climb()
+        elif node.state is State.AT_HOME:
+            self.active = None
+            for other in self.paths:
+                if isinstance(other, _HTTPPath):
+                    other.stop()
+
+    # -- choosing -------------------------------------------------------------------
+
+    def _udp_index(self) -> int:
+        for path in self.paths:
+            if isinstance(path, _UDPPath):
+                return path.index
+        return 0
+
+    def _give_up(self, path: _Path) -> None:
+        self._fallback = None
+        if path.index != self.trying or self.node.state is State.REGISTERED:
+            return
+        self._next(f"no reply within {path.cfg.fallback_after:g} s")
+
+    def _next(self, why: str) -> None:
+        if len(self.paths) == 1:
+            return
+        self._set_trying((self.trying + 1) % len(self.paths), why)
+        if self.node.care_of is not None and self.node.state in (
+            State.REGISTERING, State.REFUSED, State.UNREGISTERED, State.REGISTERED,
+        ):
+            self.node.register(self.node.care_of)
+
+    def _set_trying(self, index: int, why: str) -> None:
+        if self._fallback is not None and self._fallback.active():
+            self._fallback.cancel()
+        self._fallback = None
+        if index != self.trying:
+            self.log.info(
+                "trying transport {label} ({why})", label=self.paths[index].label, why=why
+            )
+            self.node.note_event("try-path", path=self.paths[index].label, why=why)
+        self.trying = index
+        self.paths[index].start()
+
+    def _arm_climb(self) -> None:
+        if self._climb is not None and self._climb.active():
+            self._climb.cancel()
+        self._climb = None
+        if self.active not in (None, 0):
+            self._climb = self.reactor.callLater(self.climb_back_after, self._climb_back)
+
+    def _climb_back(self) -> None:
+        self._climb = None
+        if self.active in (None, 0) or self.node.care_of is None:
+            return
+        self._set_trying(0, "trying the preferred transport again")
+        self.node.register(self.node.care_of)
