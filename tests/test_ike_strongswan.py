@@ -1,0 +1,1062 @@
+# -*- test-case-name: tests.test_ike_strongswan -*-
+"""IKEv2 interop with strongSwan 5.9 (charon + kernel-libipsec) in two namespaces.
+
+Needs root, ``ip``, strongSwan's charon and swanctl (PEERS.md); skips
+otherwise, and fails instead under ``CI=true``.
+
+Each test makes two namespaces ``smobt<hex>a`` (ours) and ``smobt<hex>b``
+(strongSwan) joined by a veth pair, starts one charon in B with its own
+``/run`` (a bind mount in the mount namespace ``ip netns exec`` creates) and
+its own vici socket, and runs our IKE engine in A: this module run as a
+script (``python -m tests.test_ike_strongswan DRIVER-ARGS``) drives
+:class:`~smobility.engines.ike.IKEEngine` over real UDP sockets on ports 500
+and 4500 and the ESP data path through
+:class:`~smobility.engines.tunnel.TunnelEngine`.  It reports JSON lines on
+stdout and takes commands on stdin.
+
+Checked: IKE_SA and CHILD_SA up on both sides (``swanctl --list-sas``), our
+SK_d ... SK_pr equal to strongSwan's ``ike = 4`` key dump for the same SA,
+ICMP echo through ESP both ways (sealed and opened by our ESP code, carried by
+strongSwan's userspace ESP and its TUN device), INVALID_KE_PAYLOAD retry, a
+wrong shared key refused with AUTHENTICATION_FAILED, and Delete.  Every
+process is stopped by its PID, the namespaces are removed even on failure,
+and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.util import find_tool, require_root, require_tool, skip_or_fail
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARON = "/usr/lib/ipsec/charon"
+PSK = "smobility interop shared key 0123"
+ADDR_A = "10.231.0.1"  # our engine
+ADDR_B = "10.231.0.2"  # strongSwan
+VIP = "10.99.0.10"  # the initiator's inner address (CP)
+INNER_B = "10.98.0.1"  # an inner address on strongSwan's side
+ID_OURS = "client.smob.test"
+ID_SWAN = "ha.smob.test"
+
+LOAD = (
+    "random nonce openssl aes sha1 sha2 hmac gcm curve25519 gmp pem pkcs1 pkcs8 x509 pubkey "
+    "constraints revocation kdf kernel-libipsec kernel-netlink socket-default vici updown"
+)
+
+KEY_NAMES = ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
+
+
+def _run(
+    cmd: list[str], *, check: bool = True, timeout: float = 20, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The lab: two namespaces and a veth pair
+# ---------------------------------------------------------------------------
+
+
+class Namespaces:
+    """Two namespaces joined by a veth pair; :meth:`destroy` is safe to call any time."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.a = f"smobt{tag}a"
+        self.b = f"smobt{tag}b"
+        self.veth_a = f"smobt{tag}va"
+        self.veth_b = f"smobt{tag}vb"
+
+    def create(self) -> None:
+        """Make the namespaces, the link, the addresses; loopback up; no rp_filter."""
+        _run(["ip", "netns", "add", self.a])
+        _run(["ip", "netns", "add", self.b])
+        _run(["ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b])
+        _run(["ip", "link", "set", self.veth_a, "netns", self.a])
+        _run(["ip", "link", "set", self.veth_b, "netns", self.b])
+        for ns, dev, addr in ((self.a, self.veth_a, ADDR_A), (self.b, self.veth_b, ADDR_B)):
+            self.ip(ns, "addr", "add", f"{addr}/24", "dev", dev)
+            self.ip(ns, "link", "set", dev, "up")
+            self.ip(ns, "link", "set", "lo", "up")
+            for key in ("all", "default"):
+                self.exec(ns, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0")
+
+    def ip(self, ns: str, *args: str) -> str:
+        """Run ``ip ARGS`` inside ``ns``."""
+        return _run(["ip", "-n", ns, *args]).stdout
+
+    def exec(self, ns: str, *args: str, check: bool = True, timeout: float = 20) -> str:
+        """Run a command inside ``ns``; return its output."""
+        r = _run(["ip", "netns", "exec", ns, *args], check=check, timeout=timeout)
+        return r.stdout + r.stderr
+
+    def destroy(self) -> None:
+        """Remove both namespaces (the veth pair goes with them)."""
+        for ns in (self.a, self.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.veth_a], capture_output=True, check=False)
+
+
+# ---------------------------------------------------------------------------
+# strongSwan
+# ---------------------------------------------------------------------------
+
+
+def strongswan_conf(directory: Path, socket_dir: Path) -> str:
+    """A strongswan.conf for one charon: its plugins, vici socket and key-dumping log.
+
+    The socket lives in ``socket_dir``: a unix socket path holds at most 108
+    bytes, less than trial's temporary directories can take.
+    """
+    return f"""
+charon {{
+    load_modular = no
+    load = {LOAD}
+    install_virtual_ip = yes
+    retransmit_timeout = 1.0
+    retransmit_tries = 3
+    plugins {{
+        vici {{
+            socket = unix://{socket_dir}/vici
+        }}
+    }}
+    filelog {{
+        smob {{
+            path = {directory}/charon.log
+            time_format = %T
+            default = 1
+            ike = 4
+            cfg = 2
+            enc = 1
+            knl = 2
+            chd = 4
+            flush_line = yes
+        }}
+    }}
+    syslog {{
+        daemon {{
+            default = -1
+        }}
+    }}
+}}
+"""
+
+
+def swanctl_responder(ike: str) -> str:
+    """swanctl.conf of strongSwan as the responder, handing out VIP by CP."""
+    return f"""
+connections {{
+    ha {{
+        version = 2
+        local_addrs = {ADDR_B}
+        proposals = {ike}
+        encap = yes
+        mobike = no
+        rekey_time = 0
+        reauth_time = 0
+        dpd_delay = 0
+        pools = vpool
+        local {{
+            auth = psk
+            id = {ID_SWAN}
+        }}
+        remote {{
+            auth = psk
+            id = {ID_OURS}
+        }}
+        children {{
+            net {{
+                mode = tunnel
+                local_ts = {INNER_B}/32
+                esp_proposals = aes128gcm16,aes256gcm16
+                rekey_time = 0
+            }}
+        }}
+    }}
+}}
+pools {{
+    vpool {{
+        addrs = {VIP}/32
+    }}
+}}
+secrets {{
+    ike-smob {{
+        id-a = {ID_SWAN}
+        id-b = {ID_OURS}
+        secret = "{PSK}"
+    }}
+}}
+"""
+
+
+def swanctl_initiator(ike: str, esp: str, secret: str = PSK) -> str:
+    """swanctl.conf of strongSwan as the initiator towards our responder."""
+    return f"""
+connections {{
+    home {{
+        version = 2
+        local_addrs = {ADDR_B}
+        remote_addrs = {ADDR_A}
+        proposals = {ike}
+        encap = yes
+        mobike = no
+        rekey_time = 0
+        reauth_time = 0
+        dpd_delay = 0
+        local {{
+            auth = psk
+            id = {ID_SWAN}
+        }}
+        remote {{
+            auth = psk
+            id = {ID_OURS}
+        }}
+        children {{
+            net {{
+                mode = tunnel
+                local_ts = {VIP}/32
+                remote_ts = {INNER_B}/32
+                esp_proposals = {esp}
+                rekey_time = 0
+            }}
+        }}
+    }}
+}}
+secrets {{
+    ike-smob {{
+        id-a = {ID_SWAN}
+        id-b = {ID_OURS}
+        secret = "{secret}"
+    }}
+}}
+"""
+
+
+def make_pki(directory: Path, kind: str) -> dict[str, Path]:
+    """A CA and certificates for both identities, made by strongSwan's ``pki``.
+
+    ``kind`` is ``ecdsa`` (P-256) or ``rsa`` (2048 bits).  Returns the PEM
+    paths: ``ca``, and ``<name>.crt`` / ``<name>.key`` for ``ha`` and ``client``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    size = "256" if kind == "ecdsa" else "2048"
+    paths: dict[str, Path] = {}
+
+    def pki(*args: str) -> bytes:
+        r = subprocess.run(["pki", *args], capture_output=True, timeout=60, check=False)
+        if r.returncode != 0:
+            raise AssertionError(f"pki {' '.join(args)}: {r.stderr.decode(errors='replace')}")
+        return r.stdout
+
+    ca_key, ca = directory / "ca.key", directory / "ca.crt"
+    ca_key.write_bytes(pki("--gen", "--type", kind, "--size", size, "--outform", "pem"))
+    ca.write_bytes(
+        pki("--self", "--ca", "--lifetime", "30", "--in", str(ca_key), "--type", kind,
+            "--dn", "C=CH, O=smobility, CN=smobility test CA", "--outform", "pem")
+    )
+    paths["ca"] = ca
+    for name, ident in (("ha", ID_SWAN), ("client", ID_OURS)):
+        key, crt = directory / f"{name}.key", directory / f"{name}.crt"
+        key.write_bytes(pki("--gen", "--type", kind, "--size", size, "--outform", "pem"))
+        crt.write_bytes(
+            pki("--issue", "--cacert", str(ca), "--cakey", str(ca_key), "--type", "priv",
+                "--in", str(key), "--dn", f"C=CH, O=smobility, CN={ident}", "--san", ident,
+                "--flag", "serverAuth", "--flag", "clientAuth", "--lifetime", "30",
+                "--outform", "pem")
+        )
+        paths[f"{name}.key"], paths[f"{name}.crt"] = key, crt
+    return paths
+
+
+def install_credentials(swan_dir: Path, pki: dict[str, Path], name: str, kind: str) -> None:
+    """Copy the CA, ``name``'s certificate and key into a charon's swanctl directory."""
+    base = swan_dir / "swanctl"
+    for sub in ("x509ca", "x509", kind):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "x509ca" / "ca.crt").write_bytes(pki["ca"].read_bytes())
+    (base / "x509" / f"{name}.crt").write_bytes(pki[f"{name}.crt"].read_bytes())
+    (base / kind / f"{name}.key").write_bytes(pki[f"{name}.key"].read_bytes())
+
+
+def pubkey_auth(conf: str, local_cert: str) -> str:
+    """Turn a shared-key swanctl.conf into a certificate one."""
+    conf = conf.replace(
+        "        local {\n            auth = psk\n",
+        f"        local {{\n            auth = pubkey\n            certs = {local_cert}\n",
+    )
+    return conf.replace("auth = psk", "auth = pubkey")
+
+
+class Charon:
+    """One charon in a namespace, with its own directory, /run, vici socket and log."""
+
+    def __init__(self, ns: str, directory: Path, swanctl_conf: str) -> None:
+        self.ns = ns
+        self.dir = directory
+        self.swanctl_conf = swanctl_conf
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="smobt", dir="/tmp"))
+        self.uri = f"unix://{self.socket_dir}/vici"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "charon.log"
+
+    def env(self) -> dict[str, str]:
+        """The environment for charon and swanctl."""
+        e = dict(os.environ)
+        e["STRONGSWAN_CONF"] = str(self.dir / "strongswan.conf")
+        e["SWANCTL_DIR"] = str(self.dir / "swanctl")
+        return e
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start charon, wait for its vici socket, load the configuration."""
+        (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        swanctl_dir = self.dir / "swanctl"
+        for sub in ("", "x509", "x509ca", "private", "rsa", "ecdsa", "pkcs8", "conf.d"):
+            (swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "strongswan.conf").write_text(strongswan_conf(self.dir, self.socket_dir))
+        (swanctl_dir / "swanctl.conf").write_text(self.swanctl_conf)
+        stdout = open(self.dir / "charon.stdout", "wb")  # noqa: SIM115 - owned by the process
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    "ip", "netns", "exec", self.ns, "sh", "-c",
+                    f"mount --bind {self.dir}/run /run && exec {CHARON}",
+                ],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+            )
+        finally:
+            stdout.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"charon exited ({self.proc.returncode}):\n{self.text()}")
+            r = self.swanctl("--stats", check=False, timeout=5)
+            if r.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"charon's vici socket did not answer:\n{self.text()}")
+            time.sleep(0.1)
+        self.swanctl("--load-all", "--noprompt")
+
+    def swanctl(
+        self, *args: str, check: bool = True, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``swanctl ARGS --uri <ours>`` (the socket is a file: no namespace needed)."""
+        return _run(["swanctl", *args, "--uri", self.uri], check=check, timeout=timeout,
+                    env=self.env())
+
+    def text(self) -> str:
+        """charon's log so far (and what it printed)."""
+        parts = []
+        for p in (self.dir / "charon.stdout", self.log_path):
+            if p.exists():
+                parts.append(p.read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Wait until ``pattern`` appears in charon's log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            m = re.search(pattern, text)
+            if m is not None:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in charon's log within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM charon by its PID; SIGKILL if it hangs; remove the socket directory."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+_HEXLINE = re.compile(r"^\S+ \d+\[\w+\]\s+\d+: ((?:[0-9A-F]{2} ?){1,16})")
+
+
+def strongswan_key_dumps(log: str) -> list[dict[str, str]]:
+    """Every IKE SA key set that charon (``ike = 4``) dumped, in order, as hex."""
+    lines = log.splitlines()
+    dumps: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        m = re.search(r"Sk_(d|ai|ar|ei|er|pi|pr) secret => (\d+) bytes", lines[i])
+        i += 1
+        if m is None:
+            continue
+        name, size = "sk_" + m.group(1), int(m.group(2))
+        data = ""
+        while len(data) < 2 * size and i < len(lines):
+            h = _HEXLINE.match(lines[i])
+            if h is None:
+                break
+            data += h.group(1).replace(" ", "").lower()
+            i += 1
+        if name == "sk_d" and current:
+            dumps.append(current)
+            current = {}
+        current[name] = data
+    if current:
+        dumps.append(current)
+    return dumps
+
+
+def strongswan_child_keys(log: str) -> list[tuple[str, str]]:
+    """Every CHILD_SA key pair (initiator's, responder's) charon (``chd = 4``) dumped, as hex."""
+    lines = log.splitlines()
+    found: dict[str, list[str]] = {"initiator": [], "responder": []}
+    for i, line in enumerate(lines):
+        m = re.search(r"\[CHD\] encryption (initiator|responder) key => (\d+) bytes", line)
+        if m is None:
+            continue
+        size, data, j = int(m.group(2)), "", i + 1
+        while len(data) < 2 * size and j < len(lines):
+            hexline = _HEXLINE.match(lines[j])
+            if hexline is None:
+                break
+            data += hexline.group(1).replace(" ", "").lower()
+            j += 1
+        found[m.group(1)].append(data)
+    return list(zip(found["initiator"], found["responder"], strict=False))
+
+
+# ---------------------------------------------------------------------------
+# The driver: our engine over real sockets (runs inside namespace A)
+# ---------------------------------------------------------------------------
+
+
+def _emit(kind: str, **fields: Any) -> None:
+    print(json.dumps({"type": kind, **fields}), flush=True)
+
+
+def driver_main(params: dict[str, Any]) -> int:
+    """Run our IKE engine as initiator or responder; JSON lines out, commands in."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from twisted.internet import reactor
+
+    from smobility.engines import ike, ikecrypto
+    from smobility.engines.tunnel import TunnelEngine
+    from smobility.wire import ipv4
+    from smobility.wire.esp import NON_ESP_MARKER, InboundSA, OutboundSA
+    from smobility.wire.ikev2 import Identity, TrafficSelector
+
+    role = ike.Role(params["role"])
+    auth = params.get("auth", "psk")
+    peer = ike.PeerConfig(
+        Identity.fqdn(params["peer_id"]),
+        params["psk"].encode() if auth == "psk" else b"",
+        auth=auth,
+        internal_address=IPv4Address(params["internal"]) if params.get("internal") else None,
+        local_ts=tuple(TrafficSelector.from_network(n) for n in params["local_ts"]),
+        remote_ts=tuple(TrafficSelector.from_network(n) for n in params["remote_ts"]),
+        request_address=params.get("request_address", False),
+        send_idr=True,
+    )
+    config = ike.IKEConfig(
+        local_id=Identity.fqdn(params["local_id"]),
+        peers=[peer],
+        ike_suites=[ike.IKESuite.parse(s) for s in params["ike"]],
+        esp_suites=[ike.ESPSuite.parse(s) for s in params["esp"]],
+        local_host=params["addr"],
+        retransmit_timeout=0.5,
+        retransmit_tries=4,
+    )
+    if auth == "pubkey":
+        config.certificate = x509.load_pem_x509_certificate(Path(params["cert"]).read_bytes())
+        key = serialization.load_pem_private_key(Path(params["key"]).read_bytes(), None)
+        assert isinstance(key, ikecrypto.PrivateKey)
+        config.private_key = key
+        config.trust_anchors = [x509.load_pem_x509_certificate(Path(params["ca"]).read_bytes())]
+    socks = {}
+    for port in (config.ike_port, config.nat_t_port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((params["addr"], port))
+        socks[port] = s
+    by_fd = {s.fileno(): (port, s) for port, s in socks.items()}
+    tunnel = TunnelEngine(
+        clock=reactor, mtu=1400, local_inner=IPv4Address(params["inner"]), mss_clamp=False
+    )
+    children: list[ike.ChildSA] = []
+    down: list[ike.IKESADown] = []
+
+    def on_child(child: ike.ChildSA) -> None:
+        children.append(child)
+        inner = None if role is ike.Role.INITIATOR else child.remote_ts[0].start
+        tunnel.install(
+            "peer",
+            inner if isinstance(inner, IPv4Address) else None,
+            InboundSA.from_keymat(child.inbound_spi, child.inbound_keymat),
+            OutboundSA.from_keymat(child.outbound_spi, child.outbound_keymat),
+            child.peer_addr,
+            [child.peer_addr[0]],
+        )
+        _emit(
+            "child",
+            in_spi=child.inbound_spi,
+            out_spi=child.outbound_spi,
+            in_keymat=child.inbound_keymat.hex(),
+            out_keymat=child.outbound_keymat.hex(),
+            local_ts=[str(t) for t in child.local_ts],
+            remote_ts=[str(t) for t in child.remote_ts],
+            internal=str(child.internal_address) if child.internal_address else None,
+            peer=list(child.peer_addr),
+            suite=str(child.suite),
+        )
+
+    def on_event(event: ike.IKEEvent) -> None:
+        if isinstance(event, ike.IKESAUp):
+            sa = next(s for s in engine.sas.values() if s.spi_i == event.spi_i)
+            _emit(
+                "ike_up",
+                spi_i=event.spi_i.hex(),
+                spi_r=event.spi_r.hex(),
+                suite=str(event.suite),
+                keys=ike.keys_for_log(sa),
+                peer_id=str(event.peer_id),
+            )
+        elif isinstance(event, ike.IKEFailed):
+            _emit("failed", reason=event.reason, notify=event.notify, child_only=event.child_only)
+        elif isinstance(event, ike.IKESADown):
+            down.append(event)
+            _emit("ike_down", reason=event.reason)
+        elif isinstance(event, ike.ChildSADown):
+            _emit("child_down", reason=event.reason, in_spi=event.child.inbound_spi)
+
+    engine = ike.IKEEngine(role, config, reactor, on_child_sa=on_child, on_event=on_event)
+    if role is ike.Role.INITIATOR:
+        engine.initiate((params["peer"], 500), local=(params["addr"], 500))
+    _emit("ready")
+
+    pings: dict[int, float] = {}
+    replies = 0
+    ident = 0x5A5A
+    stdin_open = True
+    deadline = time.monotonic() + params.get("lifetime", 60)
+
+    def flush() -> None:
+        for d in engine.datagrams_to_send():
+            socks[d.local[1]].sendto(d.payload, d.remote)
+
+    while time.monotonic() < deadline:
+        flush()
+        timer = engine.get_timer()
+        wait = 0.2 if timer is None else max(0.0, min(0.2, timer - reactor.seconds()))
+        fds = list(by_fd) + ([sys.stdin.fileno()] if stdin_open else [])
+        readable, _, _ = select.select(fds, [], [], wait)
+        timer = engine.get_timer()
+        if timer is not None and reactor.seconds() >= timer:
+            engine.handle_timer()
+        for fd in readable:
+            if fd == sys.stdin.fileno():
+                line = sys.stdin.readline()
+                if not line:
+                    stdin_open = False
+                    continue
+                cmd = line.split()
+                if not cmd:
+                    continue
+                if cmd[0] == "quit":
+                    flush()
+                    return 0
+                if cmd[0] == "delete":
+                    for sa in engine.established():
+                        engine.delete_ike_sa(sa)
+                if cmd[0] == "ping":
+                    out: list[tuple[bytes, tuple[str, int]]] = []
+                    packets = []
+                    for seq in range(1, int(cmd[1]) + 1):
+                        pings[seq] = time.monotonic()
+                        packets.append(
+                            ipv4.icmp_echo(params["inner"], cmd[2], ident, seq, b"smobility" * 4)
+                        )
+                    tunnel.from_tun(packets, out, [])
+                    for datagram, addr in out:
+                        socks[config.nat_t_port].sendto(datagram, addr)
+                    _emit("pings_sent", count=len(out))
+                continue
+            port, s = by_fd[fd]
+            data, addr = s.recvfrom(65535)
+            local = (params["addr"], port)
+            if port == config.nat_t_port:
+                if data.startswith(NON_ESP_MARKER):
+                    engine.receive(data[4:], addr, local)
+                    continue
+                inner = tunnel.from_udp(data, addr)
+                if not inner:
+                    continue
+                try:
+                    msg = ipv4.parse_icmp(inner)
+                except Exception:  # noqa: BLE001 - only ICMP is expected here
+                    _emit("esp_in", size=len(inner))
+                    continue
+                if msg.type == 0 and msg.ident == ident:
+                    replies += 1
+                    _emit("pong", seq=msg.seq, src=str(IPv4Address(msg.src)), replies=replies)
+                elif msg.type == 8:
+                    reply = ipv4.icmp_echo(
+                        msg.dst, msg.src, msg.ident, msg.seq, msg.body, reply=True
+                    )
+                    out = []
+                    tunnel.from_tun([reply], out, [])
+                    for datagram, a in out:
+                        socks[config.nat_t_port].sendto(datagram, a)
+                    _emit("echoed", seq=msg.seq, src=str(IPv4Address(msg.src)))
+            else:
+                engine.receive(data, addr, local)
+        if down and params.get("exit_on_down"):
+            flush()
+            return 0
+    _emit("lifetime_over")
+    return 0
+
+
+def ping_main(src: str, dst: str, count: int, timeout: float) -> int:
+    """ICMP echo from ``src`` to ``dst`` over a raw socket (no ping binary here).
+
+    Prints one JSON line: how many were sent and how many replies came back.
+    """
+    from smobility.wire import ipv4
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.bind((src, 0))
+    ident = os.getpid() & 0xFFFF
+    got: set[int] = set()
+    for seq in range(1, count + 1):
+        packet = ipv4.icmp_echo(src, dst, ident, seq, b"strongswan-side" * 3)
+        sock.sendto(packet[20:], (dst, 0))
+        deadline = time.monotonic() + timeout
+        while seq not in got and time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                break
+            data = sock.recv(65535)
+            try:
+                msg = ipv4.parse_icmp(data)
+            except ValueError:
+                continue
+            if msg.type == 0 and msg.ident == ident and str(IPv4Address(msg.src)) == dst:
+                got.add(msg.seq)
+    print(json.dumps({"type": "ping", "sent": count, "received": len(got)}), flush=True)
+    return 0
+
+
+class Driver:
+    """Our engine in namespace A, as a child process speaking JSON lines."""
+
+    def __init__(self, ns: str, params: dict[str, Any], directory: Path) -> None:
+        self.stderr_path = directory / f"driver-{params['role']}.stderr"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.test_ike_strongswan",
+             json.dumps(params)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=str(ROOT),
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._buf = b""
+
+    def _read(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        readable, _, _ = select.select([fd], [], [], timeout)
+        if not readable:
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            time.sleep(min(timeout, 0.05))
+            return
+        self._buf += chunk
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.lines.append(json.loads(line))
+
+    def wait(self, kind: str, timeout: float = 20.0, count: int = 1) -> dict[str, Any]:
+        """Wait for the ``count``-th line of type ``kind``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [x for x in self.lines if x["type"] == kind]
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"driver: no {kind!r} within {timeout} s; got {self.lines}\n{self.stderr()}"
+                )
+            self._read(0.1)
+
+    def has(self, kind: str) -> bool:
+        """True if a line of type ``kind`` arrived already (reads what is there)."""
+        self._read(0)
+        return any(x["type"] == kind for x in self.lines)
+
+    def send(self, command: str) -> None:
+        """Write one command line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stderr(self) -> str:
+        """What the driver wrote to stderr (tracebacks)."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Ask it to quit, then SIGTERM/SIGKILL it by its PID."""
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()
+
+
+# ---------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------
+
+
+class StrongSwanInteropTests(SynchronousTestCase):
+    """Our IKEv2 engine against strongSwan 5.9, both roles, shared keys."""
+
+    def setUp(self) -> None:
+        require_root(self)
+        require_tool(self, "ip")
+        require_tool(self, "swanctl")
+        require_tool(self, "pki")
+        if not os.access(CHARON, os.X_OK):
+            skip_or_fail(self, f"needs strongSwan's charon at {CHARON}")
+        if find_tool("mount") is None:
+            skip_or_fail(self, "needs mount")
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        self.charons = 0
+        self.ns = Namespaces()
+        self.addCleanup(self.ns.destroy)
+        self.ns.create()
+
+    def start_charon(self, conf: str, *, inner_b: bool = True) -> Charon:
+        """charon in namespace B with this swanctl.conf.
+
+        ``inner_b``: B owns the inner address ``INNER_B`` (strongSwan as the
+        responder); without it, that address is ours, behind the tunnel.
+        """
+        if inner_b:
+            self.ns.ip(self.ns.b, "addr", "replace", f"{INNER_B}/32", "dev", "lo")
+        self.charons += 1
+        charon = Charon(self.ns.b, self.dir / f"swan{self.charons}", conf)
+        self.addCleanup(charon.stop)
+        try:
+            charon.start()
+        except BaseException:
+            charon.stop()
+            raise
+        self.charon = charon
+        return charon
+
+    def start_driver(self, **params: Any) -> Driver:
+        """Our engine in namespace A."""
+        base: dict[str, Any] = {
+            "addr": ADDR_A,
+            "peer": ADDR_B,
+            "local_id": ID_OURS,
+            "peer_id": ID_SWAN,
+            "psk": PSK,
+            "esp": ["aes128gcm16", "aes256gcm16"],
+            "lifetime": 90,
+        }
+        base.update(params)
+        driver = Driver(self.ns.a, base, self.dir)
+        self.addCleanup(driver.stop)
+        return driver
+
+    def ping(self, ns: str, src: str, dst: str, count: int) -> dict[str, Any]:
+        """ICMP echo inside ``ns`` with our raw-socket pinger; its JSON result."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.test_ike_strongswan",
+             "--ping", src, dst, str(count)],
+            capture_output=True, text=True, timeout=30, env=env, cwd=str(ROOT), check=False,
+        )
+        self.assertEqual(r.returncode, 0, r.stderr)
+        result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        return result
+
+    def assert_keys_match(self, ours: dict[str, str], charon: Charon) -> None:
+        """Our IKE SA keys are one of the key sets charon dumped (all seven equal)."""
+        dumps = strongswan_key_dumps(charon.log_path.read_text(errors="replace"))
+        self.assertTrue(dumps, "charon dumped no keys (ike = 4)")
+        match = [d for d in dumps if d.get("sk_d") == ours["sk_d"]]
+        self.assertEqual(len(match), 1, f"our SK_d is not in charon's dumps: {dumps}")
+        for name in KEY_NAMES:
+            self.assertEqual(match[0].get(name, ""), ours[name], name)
+
+    def assert_child_keys_match(self, child: dict[str, Any], charon: Charon, ours: str) -> None:
+        """Our CHILD_SA key material is a pair charon dumped; ``ours`` is our role."""
+        pairs = strongswan_child_keys(charon.log_path.read_text(errors="replace"))
+        if ours == "initiator":
+            mine = (child["out_keymat"], child["in_keymat"])
+        else:
+            mine = (child["in_keymat"], child["out_keymat"])
+        self.assertIn(mine, pairs)
+
+    # -- (a) our initiator, strongSwan responder ----------------------------
+
+    def _initiate(self, ike: str, **extra: Any) -> tuple[Driver, dict[str, Any], dict[str, Any]]:
+        params: dict[str, Any] = {
+            "role": "initiator",
+            "ike": [ike],
+            "inner": VIP,
+            "internal": None,
+            "local_ts": ["0.0.0.0/0"],
+            "remote_ts": [f"{INNER_B}/32"],
+            "request_address": True,
+        }
+        params.update(extra)
+        driver = self.start_driver(**params)
+        up = driver.wait("ike_up", 20)
+        child = driver.wait("child", 10)
+        return driver, up, child
+
+    def test_initiator_psk_all_suites(self) -> None:
+        """Our initiator brings up IKE and CHILD SAs with strongSwan for every IKE suite.
+
+        Per suite: keys equal to charon's dump, swanctl lists both SAs with
+        our SPIs, the CP address is ours, and pings pass through ESP both
+        ways; then our Delete takes the SA down on both sides.
+        """
+        suites = [
+            "aes128gcm16-prfsha256-ecp256",
+            "aes256gcm16-prfsha384-x25519",
+            "aes256gcm16-prfsha384-ecp384",
+            "aes128-sha256-modp2048",
+        ]
+        charon = self.start_charon(swanctl_responder(",".join(suites)))
+        for n, suite in enumerate(suites, 1):
+            driver, up, child = self._initiate(suite, inner=VIP)
+            self.assertEqual(up["suite"], suite)
+            self.assert_keys_match(up["keys"], charon)
+            self.assert_child_keys_match(child, charon, "initiator")
+            self.assertEqual(child["internal"], VIP)
+            self.assertEqual(child["local_ts"], [f"{VIP}-{VIP}"])
+            self.assertEqual(child["remote_ts"], [f"{INNER_B}-{INNER_B}"])
+            sas = charon.swanctl("--list-sas").stdout
+            self.assertIn(up["spi_i"], sas)
+            self.assertIn("ESTABLISHED", sas)
+            self.assertIn("INSTALLED, TUNNEL", sas)
+            self.assertIn(f"{child['in_spi']:08x}", sas)
+            self.assertIn(f"{child['out_spi']:08x}", sas)
+            driver.send(f"ping 3 {INNER_B}")
+            driver.wait("pong", 10, count=3)
+            driver.send("delete")
+            driver.wait("ike_down", 10)
+            charon.wait_log(rf"IKE_SA ha\[{n}\] .*deleted|deleting IKE_SA ha\[{n}\]", 10)
+            driver.stop()
+            self.assertNotIn(up["spi_i"], charon.swanctl("--list-sas").stdout)
+
+    def test_initiator_certificates(self) -> None:
+        """Our initiator with certificates (method 14): ECDSA P-256, then RSA 2048."""
+        for kind in ("ecdsa", "rsa"):
+            pki = make_pki(self.dir / f"pki-{kind}", kind)
+            conf = pubkey_auth(swanctl_responder("aes128gcm16-prfsha256-ecp256"), "ha.crt")
+            self.charons += 1
+            swan_dir = self.dir / f"swan{self.charons}"
+            install_credentials(swan_dir, pki, "ha", kind)
+            charon = Charon(self.ns.b, swan_dir, conf)
+            self.addCleanup(charon.stop)
+            self.ns.ip(self.ns.b, "addr", "replace", f"{INNER_B}/32", "dev", "lo")
+            charon.start()
+            driver, up, child = self._initiate(
+                "aes128gcm16-prfsha256-ecp256", auth="pubkey",
+                cert=str(pki["client.crt"]), key=str(pki["client.key"]), ca=str(pki["ca"]),
+            )
+            self.assert_keys_match(up["keys"], charon)
+            self.assert_child_keys_match(child, charon, "initiator")
+            charon.wait_log(r"authentication of 'client\.smob\.test' with "
+                            r"(ECDSA_WITH_SHA256_DER|RSA_EMSA_PKCS1_SHA2_256) successful", 5)
+            charon.wait_log(r"received end entity cert|sending end entity cert", 5)
+            driver.send(f"ping 2 {INNER_B}")
+            driver.wait("pong", 10, count=2)
+            driver.stop()
+            charon.stop()
+
+    def test_initiator_invalid_ke_retry(self) -> None:
+        """strongSwan wants ECP-256; we send X25519 first and retry with its group."""
+        self.start_charon(swanctl_responder("aes128gcm16-prfsha256-ecp256"))
+        params: dict[str, Any] = {
+            "role": "initiator",
+            "ike": ["aes128gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-ecp256"],
+            "inner": VIP,
+            "local_ts": ["0.0.0.0/0"],
+            "remote_ts": [f"{INNER_B}/32"],
+            "request_address": True,
+        }
+        driver = self.start_driver(**params)
+        up = driver.wait("ike_up", 20)
+        self.assertEqual(up["suite"], "aes128gcm16-prfsha256-ecp256")
+        self.assert_keys_match(up["keys"], self.charon)
+        driver.wait("child", 10)
+        self.charon.wait_log(r"generating IKE_SA_INIT response 0 \[ N\(INVAL_KE\) \]", 5)
+
+    def test_initiator_wrong_psk(self) -> None:
+        """A wrong shared key: strongSwan answers AUTHENTICATION_FAILED; nothing is installed."""
+        self.start_charon(swanctl_responder("aes128gcm16-prfsha256-ecp256"))
+        driver = self.start_driver(
+            role="initiator",
+            ike=["aes128gcm16-prfsha256-ecp256"],
+            inner=VIP,
+            local_ts=["0.0.0.0/0"],
+            remote_ts=[f"{INNER_B}/32"],
+            request_address=True,
+            psk="not the shared key",
+        )
+        failed = driver.wait("failed", 20)
+        self.assertEqual(failed["notify"], 24)
+        self.assertFalse(driver.has("child"))
+        self.assertFalse(driver.has("ike_up"))
+        self.assertNotIn("ESTABLISHED", self.charon.swanctl("--list-sas").stdout)
+
+    # -- (b) strongSwan initiator, our responder ------------------------------
+
+    def _respond(self, ike: str, esp: str, secret: str = PSK) -> Driver:
+        driver = self.start_driver(
+            role="responder",
+            ike=[ike],
+            inner=INNER_B,
+            internal=VIP,
+            local_ts=[f"{INNER_B}/32"],
+            remote_ts=["0.0.0.0/0"],
+            esp=["aes128gcm16", "aes256gcm16"],
+        )
+        driver.wait("ready", 10)
+        self.start_charon(swanctl_initiator(ike, esp, secret), inner_b=False)
+        self.ns.ip(self.ns.b, "addr", "add", f"{VIP}/32", "dev", "lo")
+        return driver
+
+    def test_responder_psk(self) -> None:
+        """strongSwan initiates to our responder: SAs up, keys equal, pings answered by us."""
+        for ike, esp in (
+            ("aes128gcm16-prfsha256-ecp256", "aes128gcm16"),
+            ("aes256gcm16-prfsha384-x25519", "aes256gcm16"),
+        ):
+            driver = self._respond(ike, esp)
+            r = self.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr + self.charon.text())
+            up = driver.wait("ike_up", 10)
+            child = driver.wait("child", 10)
+            self.assertEqual(up["suite"], ike)
+            self.assertEqual(child["suite"], esp)
+            self.assert_keys_match(up["keys"], self.charon)
+            self.assert_child_keys_match(child, self.charon, "responder")
+            sas = self.charon.swanctl("--list-sas").stdout
+            self.assertIn("ESTABLISHED", sas)
+            self.assertIn(f"{child['in_spi']:08x}", sas)
+            self.assertIn(f"{child['out_spi']:08x}", sas)
+            ping = self.ping(self.ns.b, VIP, INNER_B, 3)
+            self.assertEqual(ping["received"], 3, f"{ping}\n{self.charon.text()}")
+            driver.wait("echoed", 5, count=3)
+            # strongSwan deletes; we answer and take the SA down.
+            self.charon.swanctl("--terminate", "--ike", "home", "--timeout", "10")
+            driver.wait("ike_down", 10)
+            driver.stop()
+            self.charon.stop()
+            self.ns.ip(self.ns.b, "addr", "del", f"{VIP}/32", "dev", "lo")
+
+    def test_responder_certificates(self) -> None:
+        """strongSwan initiates with certificates to our responder: ECDSA, then RSA."""
+        for kind in ("ecdsa", "rsa"):
+            pki = make_pki(self.dir / f"pki-{kind}", kind)
+            driver = self.start_driver(
+                role="responder", ike=["aes128gcm16-prfsha256-ecp256"], inner=INNER_B,
+                internal=VIP, local_ts=[f"{INNER_B}/32"], remote_ts=["0.0.0.0/0"],
+                auth="pubkey", cert=str(pki["client.crt"]), key=str(pki["client.key"]),
+                ca=str(pki["ca"]),
+            )
+            driver.wait("ready", 10)
+            conf = pubkey_auth(
+                swanctl_initiator("aes128gcm16-prfsha256-ecp256", "aes128gcm16"), "ha.crt"
+            )
+            self.charons += 1
+            swan_dir = self.dir / f"swan{self.charons}"
+            install_credentials(swan_dir, pki, "ha", kind)
+            charon = Charon(self.ns.b, swan_dir, conf)
+            self.addCleanup(charon.stop)
+            charon.start()
+            self.ns.ip(self.ns.b, "addr", "replace", f"{VIP}/32", "dev", "lo")
+            r = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr + charon.text())
+            up = driver.wait("ike_up", 10)
+            child = driver.wait("child", 10)
+            self.assert_keys_match(up["keys"], charon)
+            self.assert_child_keys_match(child, charon, "responder")
+            charon.wait_log(r"authentication of 'client\.smob\.test' with "
+                            r"(ECDSA_WITH_SHA256_DER|RSA_EMSA_PKCS1_SHA2_256) successful", 5)
+            ping = self.ping(self.ns.b, VIP, INNER_B, 2)
+            self.assertEqual(ping["received"], 2, f"{ping}\n{charon.text()}")
+            driver.stop()
+            charon.stop()
+            self.ns.ip(self.ns.b, "addr", "del", f"{VIP}/32", "dev", "lo")
+
+    def test_responder_wrong_psk(self) -> None:
+        """strongSwan with a wrong key: we refuse with AUTHENTICATION_FAILED, install nothing."""
+        driver = self._respond("aes128gcm16-prfsha256-ecp256", "aes128gcm16", "wrong key!")
+        r = self.charon.swanctl("--initiate", "--child", "net", "--timeout", "15", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        failed = driver.wait("failed", 10)
+        self.assertEqual(failed["notify"], 24)
+        self.assertFalse(driver.has("child"))
+        self.charon.wait_log(r"AUTHENTICATION_FAILED", 5)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--ping":
+        sys.exit(ping_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), 3.0))
+    sys.exit(driver_main(json.loads(sys.argv[1])))
