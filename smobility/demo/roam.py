@@ -26,13 +26,28 @@ from typing import Any
 from smobility.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-MOVES = ("v1", "v2", "home", "v1", "v2")
+MOVES = ("v1", "v2", "home", "v1", "v3", "v2")
 DWELL = 5.0
 HOA = "10.77.0.10"
 CN = "10.77.0.100"
 HA = "172.31.0.2"
-NETS = {"home": "10.77.0.0/24", "v1": "192.168.101.0/24", "v2": "192.168.102.0/24"}
-PATHS = {"home": "home-lan", "v1": "direct", "v2": "nat"}
+NETS = {
+    "home": "10.77.0.0/24",
+    "v1": "192.168.101.0/24",
+    "v2": "192.168.102.0/24",
+    "v3": "192.168.103.0/24",
+}
+NETWORK_KIND = {
+    "home": "home LAN",
+    "v1": "routed",
+    "v2": "behind NAT",
+    "v3": "strict firewall, HTTP proxy only",
+}
+MUX_ADDR = "10.77.0.2"
+MUX_PORT = 8443
+MUX_NAME = "mux.home.example"
+SOCKS_PORT = 1080
+PROXY_ADDR = "192.168.103.3"
 
 
 def _say(text: str) -> None:
@@ -47,12 +62,100 @@ class Demo:
     work: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
+    squid: Any = None
+    mux: subprocess.Popen[bytes] | None = None
+
+    # -- the HTTP path: Squid in V3, the multiplexer and its SOCKS5 ingress at home --
+
+    def ctl(self, *args: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "smobility.ctl", *args],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        if r.returncode != 0:
+            raise SystemExit(f"demo: smobility-ctl {' '.join(args)} failed: {r.stderr}")
+        return r.stdout
+
+    def setup_http(self) -> str:
+        """Certificates, credentials, Squid and the mux config; the client's transports."""
+        keys = self.work / "keys"
+        home_db = str(self.work / "home.sqlite")
+        mux_db = str(self.work / "mux.sqlite")
+        self.ctl("pki", "init", "--db", home_db)
+        self.ctl("pki", "issue", "mux", "--san", f"dns:{MUX_NAME}", "--server",
+                 "--out-dir", str(keys / "mux"), "--db", home_db)  # fmt: skip
+        token = self.ctl("tokens", "issue", "laptop", "--db", mux_db).split()[0]
+        (keys / "mux-token").write_text(token + "\n")
+        (keys / "mux-token").chmod(0o600)
+        socks_pw = keys / "socks-password"
+        socks_pw.write_text(secrets.token_hex(12) + "\n")
+        socks_pw.chmod(0o600)
+        self.ctl("socks-users", "add", "laptop", "--password-file", str(socks_pw), "--db", mux_db)
+        proxy_pw = secrets.token_hex(8)
+        (keys / "proxy-password").write_text(proxy_pw + "\n")
+        (keys / "proxy-password").chmod(0o600)
+        (self.work / "mux.toml").write_text(
+            f"""
+[mux]
+listen = "{MUX_ADDR}"
+port = {MUX_PORT}
+tls = true
+tls_cert = "{keys / "mux" / "mux.crt"}"
+tls_key = "{keys / "mux" / "mux.key"}"
+tls_name = "{MUX_NAME}"
+home_agent = "{HA}"
+socks_listen = "{MUX_ADDR}"
+socks_port = {SOCKS_PORT}
+state_db = "{mux_db}"
+keepalive = 5
+"""
+        )
+        from smobility.lab.proxies import Squid
+
+        self.squid = Squid(self.lab, role="proxy", address=PROXY_ADDR, port=3128,
+                           user="guest", password=proxy_pw)  # fmt: skip
+        return f"""
+[[transport]]
+kind = "udp"
+fallback_after = 2.5
+
+[[transport]]
+kind = "http"
+fallback_after = 6
+mux_host = "{MUX_ADDR}"
+mux_port = {MUX_PORT}
+tls = true
+tls_name = "{MUX_NAME}"
+ca_file = "{keys / "mux" / "ca.crt"}"
+token_file = "{keys / "mux-token"}"
+
+[transport.proxy]
+kind = "socks5"
+host = "{HA}"
+port = {SOCKS_PORT}
+username = "laptop"
+password_file = "{socks_pw}"
+
+[transport.outer_proxy]
+kind = "http-connect"
+host = "{PROXY_ADDR}"
+port = 3128
+username = "guest"
+password_file = "{keys / "proxy-password"}"
+"""
+
+    def start_http_side(self) -> None:
+        """Start Squid (V3's proxy host) and the multiplexer (home LAN)."""
+        assert self.squid is not None
+        self.squid.start()
+        self.mux = self.twistd("mux", "smobility-mux", self.work / "mux.toml", "mux.log")
 
     # -- set-up -------------------------------------------------------------
 
-    def write_configs(self) -> tuple[Path, Path]:
+    def write_configs(self, http: bool = False) -> tuple[Path, Path]:
         keys = self.work / "keys"
         keys.mkdir(mode=0o700)
+        transports = self.setup_http() if http else ""
         for name, size in (("mnha", 16), ("to_home", 20), ("to_client", 20)):
             f = keys / name
             f.write_text(secrets.token_hex(size) + "\n")
@@ -109,7 +212,7 @@ spi_to_home = 4097
 spi_to_client = 8193
 key_to_home_file = "{keys / "to_home"}"
 key_to_client_file = "{keys / "to_client"}"
-"""
+{transports}"""
         )
         return home, client
 
@@ -155,6 +258,12 @@ key_to_client_file = "{keys / "to_client"}"
         return r.returncode == 0
 
     def stop_all(self) -> None:
+        if self.squid is not None:
+            self.squid.stop()
+            self.squid = None
+        self._stop_procs()
+
+    def _stop_procs(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -175,12 +284,14 @@ def _events_since(status: dict[str, Any], t0: float) -> list[dict[str, Any]]:
 def run(lab: Lab, work: Path) -> dict[str, Any]:
     """The demo proper; returns the result object."""
     demo = Demo(lab, work)
-    home_cfg, client_cfg = demo.write_configs()
+    home_cfg, client_cfg = demo.write_configs(http=True)
     result: dict[str, Any] = {}
     moves: list[dict[str, Any]] = []
     try:
         _say("starting the home agent (namespace ha) ...")
         demo.twistd("ha", "smobility-home", home_cfg, "home.log")
+        _say("starting the multiplexer + SOCKS5 ingress (namespace mux) and Squid in V3 ...")
+        demo.start_http_side()
         _say("client joins V1 ...")
         lab.move("v1")
         lab.wait_address(NETS["v1"])
@@ -214,11 +325,13 @@ def run(lab: Lab, work: Path) -> dict[str, Any]:
             inbound = demo.probe()
             st = demo.status()
             events = _events_since(st, t0)
+            transport = st.get("path") or "-"
             moves.append(
                 {
                     "t0": t0,
                     "to": net,
-                    "path": PATHS[net],
+                    "network": NETWORK_KIND[net],
+                    "path": "home-lan" if net == "home" else f"{transport}/{net}",
                     "link_change_ms": round(link_s * 1000, 1),
                     "address": str(addr),
                     "address_ms": round((got - t0) * 1000, 1),
@@ -255,6 +368,8 @@ _DESCRIBE = {
         f"round trip {e.get('rtt_ms')} ms"
     ),
     "first-packet": lambda e: "first packet from home on the new path",
+    "try-path": lambda e: f"trying transport {e.get('path')} ({e.get('why')})",
+    "path": lambda e: f"traffic now over {e.get('path')}",
 }
 
 
@@ -275,7 +390,7 @@ def _timeline(result: dict[str, Any]) -> None:
         t0 = m["t0"]
         t1 = moves[i]["t0"] if i < len(moves) else t0 + 3600
         m["gap_ms"] = _gap_after(result["streams"], t0, t1)
-        _say(f"  move {i}: to {m['to']} (path {m['path']})")
+        _say(f"  move {i}: to {m['to']} ({m['network']}); traffic over {m['path']}")
         _say(f"    {0.0:8.1f}  link switched ({m['link_change_ms']} ms, carrier flap + DHCP renew)")
         rows = [(m["address_ms"], f"DHCP gave {m['address']}")]
         for e in m["events"]:
@@ -318,7 +433,7 @@ def main() -> int:
         "streams_survived": alive,
         "inbound_ok": all(m["inbound_ok"] for m in result["moves"]),
         "max_gap_ms": max(gaps) if gaps else None,
-        "paths": ["direct"] + [m["path"] for m in result["moves"]],
+        "paths": ["udp/v1"] + [m["path"] for m in result["moves"]],
         "bytes_inbound": streams["in-server"].get("bytes", 0),
         "bytes_outbound": streams["out-server"].get("bytes", 0),
         "work_dir": str(work),
