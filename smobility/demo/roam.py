@@ -44,6 +44,7 @@ NETWORK_KIND = {
     "v3": "strict firewall, HTTP proxy only",
 }
 MUX_ADDR = "10.77.0.2"
+HA_LAN = "10.77.0.1"
 MUX_PORT = 8443
 MUX_NAME = "mux.home.example"
 SOCKS_PORT = 1080
@@ -103,7 +104,8 @@ tls = true
 tls_cert = "{keys / "mux" / "mux.crt"}"
 tls_key = "{keys / "mux" / "mux.key"}"
 tls_name = "{MUX_NAME}"
-home_agent = "{HA}"
+# The home agent as the multiplexer reaches it: over the home LAN.
+home_agent = "{HA_LAN}"
 socks_listen = "{MUX_ADDR}"
 socks_port = {SOCKS_PORT}
 state_db = "{mux_db}"

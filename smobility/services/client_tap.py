@@ -120,6 +120,8 @@ class ClientService(service.MultiService):
                 reactor=reactor,
             )
             self.data_plane.setServiceParent(self)
+            self.data_plane.pipe.divert = self.paths.divert_esp
+            self.paths.esp_sink = self.data_plane.pipe.receive
 
     def _send_registration(self, data: bytes) -> None:
         self.paths.send_registration(data)

@@ -25,15 +25,13 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from smobility.adapters.arp import send_gratuitous_arp
 from smobility.adapters.netlink import Netlink, NetlinkError
 from smobility.adapters.tun import TunDevice, TunError
+from smobility.adapters.udpfast import UDPError, UDPSocket
 from smobility.config import ESPKeys
 from smobility.engines.bindings import Binding
 from smobility.engines.homeagent import HomeAgent
@@ -51,8 +49,20 @@ def make_sas(keys: ESPKeys, *, side: str) -> tuple[InboundSA, OutboundSA]:
     return InboundSA.from_keymat(*rx), OutboundSA.from_keymat(*tx)
 
 
-class TunnelPipe(DatagramProtocol):
-    """A TUN device and an ESP-in-UDP socket joined by a tunnel engine."""
+class TunnelPipe:
+    """A TUN device and an ESP-in-UDP socket joined by a tunnel engine.
+
+    Both sides work in batches: every reactor wake-up of the TUN device or
+    of the UDP socket hands the engine a list of packets, and what comes out
+    leaves in as few system calls as the kernel allows (GSO runs on the UDP
+    side, TCP super-packets on the TUN side; see
+    :mod:`smobility.adapters.udpfast` and :mod:`smobility.adapters.tun`).
+    ``on_inner``, if given, is called with the inner packets of each batch
+    that reached the TUN device.  The keyword arguments ``tun_gro``,
+    ``tun_tso``, ``udp_gro`` and ``udp_gso`` turn single offloads off (each
+    also falls back by itself where the kernel lacks it); ``txqueuelen`` is
+    the TUN device's queue of packets waiting to be read.
+    """
 
     log = Logger()
 
@@ -62,38 +72,64 @@ class TunnelPipe(DatagramProtocol):
         *,
         device: str,
         reactor: Any,
-        on_inner: Callable[[bytes], None] | None = None,
+        on_inner: Callable[[list[bytes]], None] | None = None,
+        tun_gro: bool = True,
+        tun_tso: bool = False,
+        udp_gro: bool = True,
+        udp_gso: bool = True,
+        txqueuelen: int = 1000,
     ) -> None:
         self.engine = engine
         self.reactor = reactor
         self.device_name = device
         self.on_inner = on_inner
+        self.tun_gro = tun_gro
+        self.tun_tso = tun_tso
+        self.udp_gro = udp_gro
+        self.udp_gso = udp_gso
+        self.txqueuelen = txqueuelen
         self.tun: TunDevice | None = None
-        self.port: IListeningPort | None = None
+        self.udp: UDPSocket | None = None
         self.counters: Counter[str] = Counter()
         self._out: list[tuple[bytes, tuple[str, int]]] = []
         self._back: list[bytes] = []
+        self.divert: Callable[[list[tuple[bytes, tuple[str, int]]]], bool] | None = None
 
     def open(self, listen: str, port: int) -> None:
         """Create the TUN device and bind the UDP socket; one sentence on failure."""
-        self.tun = TunDevice(self.device_name, self._from_tun, reactor=self.reactor)
+        self.tun = TunDevice(
+            self.device_name,
+            self._from_tun,
+            reactor=self.reactor,
+            gro=self.tun_gro,
+            tso=self.tun_tso,
+            txqueuelen=self.txqueuelen,
+        )
         try:
             self.tun.open()
         except TunError as e:
             raise StartupError(str(e)) from None
+        self.udp = UDPSocket(
+            self._from_udp,
+            reactor=self.reactor,
+            gro=self.udp_gro,
+            gso=self.udp_gso,
+            on_refused=self._refused,
+        )
         try:
-            self.port = self.reactor.listenUDP(port, self, interface=listen)
-        except CannotListenError as e:
+            self.udp.listen(listen, port)
+        except UDPError as e:
+            self.udp = None
             self.tun.close()
             raise StartupError(
-                f"cannot listen on UDP {listen}:{port} for ESP-in-UDP ({e.socketError})"
+                f"cannot listen on UDP {listen}:{port} for ESP-in-UDP ({e.socket_error})"
             ) from None
 
     def close(self) -> None:
         """Stop reading and release the device and the socket."""
-        if self.port is not None:
-            self.port.stopListening()
-            self.port = None
+        if self.udp is not None:
+            self.udp.close()
+            self.udp = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -109,30 +145,43 @@ class TunnelPipe(DatagramProtocol):
             self.tun.write_many(back)
             back.clear()
 
+    def _from_udp(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        inner = self.engine.from_udp_many(datagrams)
+        if inner and self.tun is not None:
+            self.tun.write_many(inner)
+            if self.on_inner is not None:
+                self.on_inner(inner)
+
     def send_all(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Send sealed datagrams; a failed send (no route while moving) is counted."""
-        transport = self.transport
-        if transport is None:
+        """Send sealed datagrams; a failed send (no route while moving) is counted.
+
+        ``divert`` (the client's path manager) may take them instead: then an
+        HTTP transport carries them to the multiplexer.
+        """
+        if self.divert is not None and self.divert(datagrams):
             return
-        for datagram, addr in datagrams:
-            try:
-                transport.write(datagram, addr)
-            except OSError:
-                self.counters["send_errors"] += 1
+        if self.udp is None:
+            return
+        self.udp.send_many(datagrams)
+
+    def receive(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A datagram that came another way (an HTTP transport), as if read from UDP."""
+        self._from_udp([(datagram, addr)])
 
     def send(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """Send one datagram from the ESP-in-UDP socket."""
         self.send_all([(datagram, addr)])
 
-    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
-        inner = self.engine.from_udp(datagram, addr)
-        if inner and self.tun is not None:
-            self.tun.write(inner)
-            if self.on_inner is not None:
-                self.on_inner(inner)
-
-    def connectionRefused(self) -> None:  # noqa: N802
+    def _refused(self) -> None:
         self.counters["icmp_refused"] += 1
+
+    def stats(self) -> dict[str, object]:
+        """The counters of the pipe, its TUN device and its UDP socket."""
+        return {
+            "pipe": dict(self.counters),
+            "tun": dict(self.tun.counters) if self.tun is not None else {},
+            "udp": dict(self.udp.counters) if self.udp is not None else {},
+        }
 
 
 class HomeDataPlane(service.Service):
@@ -469,7 +518,7 @@ class ClientDataPlane(service.Service):
             self._keepalive.stop()
         self._keepalive = None
 
-    def _inner(self, packet: bytes) -> None:
+    def _inner(self, packets: list[bytes]) -> None:
         if self._awaiting_first is not None:
             gap = (self.reactor.seconds() - self._awaiting_first) * 1000
             self._awaiting_first = None
