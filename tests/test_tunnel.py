@@ -214,3 +214,49 @@ class TunnelEngineTests(SynchronousTestCase):
         out: list[tuple[bytes, tuple[str, int]]] = []
         t.home.from_tun([b"\x60" + bytes(39), b"short"], out, [])
         self.assertEqual(t.home.counters["tun_not_ipv4"], 2)
+
+    def test_from_udp_many(self) -> None:
+        """A batch is handled datagram by datagram, as from_udp would, in order."""
+        got: list[bytes] = []
+        t = TunnelPair()
+        t.home.on_ike = lambda msg, addr: got.append(msg)
+        ups = [udp_packet(HOA, CN, size=n) for n in (10, 20, 30)]
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        t.client.from_tun(ups + [udp_packet(IPv4Address("10.77.0.99"), CN)], out, [])
+        batch = [
+            (out[0][0], (COA, 4500)),
+            (NAT_KEEPALIVE, (COA, 4500)),
+            (out[1][0], (COA, 4500)),
+            (out[1][0], (COA, 4500)),  # a replay
+            (NON_ESP_MARKER + b"ike" * 10, (COA, 4500)),
+            (out[3][0], (COA, 4500)),  # spoofed inner source
+            (struct.pack("!II", 0x9999, 1) + bytes(40), (COA, 4500)),
+            (out[2][0], (COA, 4501)),  # the NAT port moved
+        ]
+        self.assertEqual(t.home.from_udp_many(batch), ups)
+        self.assertEqual(got, [b"ike" * 10])
+        c = t.home.counters
+        self.assertEqual(
+            (c["keepalives_in"], c["replayed"], c["spoofed_inner_source"], c["unknown_spi"]),
+            (1, 1, 1, 1),
+        )
+        route = t.home.by_node["laptop"]
+        self.assertEqual(route.addr, (COA, 4501))
+        self.assertEqual((route.packets_in, route.bytes_in), (3, sum(map(len, ups))))
+        self.assertEqual(t.home.from_udp_many([]), [])
+
+    def test_mss_clamp_unusual_headers(self) -> None:
+        """A SYN with IP options is still clamped; a short TCP packet passes untouched."""
+        t = TunnelPair(mtu=1400)
+        syn = tcp_syn(CN, HOA, 1460)
+        with_options = bytes((0x46,)) + syn[1:2] + struct.pack("!H", len(syn) + 4) + syn[4:20]
+        with_options += b"\x01\x01\x01\x00" + syn[20:]
+        with_options = with_options[:10] + b"\0\0" + with_options[12:]
+        csum = ipv4.checksum(with_options[:24])
+        with_options = with_options[:10] + struct.pack("!H", csum) + with_options[12:]
+        [got] = t.home_to_client([with_options])
+        assert got is not None
+        self.assertEqual(struct.unpack("!H", got[46:48])[0], 1360)
+        short = ipv4.ipv4_packet(CN, HOA, 6, b"\0" * 8)
+        self.assertEqual(t.home_to_client([short]), [short])
+        self.assertEqual(t.home.counters["mss_clamped"], 1)

@@ -118,6 +118,16 @@ class Route:
 IKEHandler = Callable[[bytes, tuple[str, int]], None]
 
 
+def _is_syn(packet: bytes) -> bool:
+    """Whether an IPv4 TCP packet has SYN set.
+
+    The loops inline the common case (no IP options: the flags are byte 33)
+    and call :meth:`TunnelEngine._clamp`, which asks this, for the rest.
+    """
+    flags = ((packet[0] & 0x0F) << 2) + 13
+    return len(packet) > flags and bool(packet[flags] & 0x02)
+
+
 class TunnelEngine:
     """SA database and router for one tunnel endpoint (home agent or client)."""
 
@@ -230,36 +240,43 @@ class TunnelEngine:
         routes = self.routes
         default = self.default
         mtu = self.mtu
+        clamp = self.mss_clamp
+        counters = self.counters
+        append = out.append
         for packet in packets:
             size = len(packet)
             if size < _MIN_IPV4 or packet[0] >> 4 != 4:
-                self.counters["tun_not_ipv4"] += 1
+                counters["tun_not_ipv4"] += 1
                 continue
             route = routes.get(packet[16:20], default)
             if route is None:
-                self.counters["no_binding"] += 1
+                counters["no_binding"] += 1
                 continue
             if size > mtu:
                 if packet[6] & 0x40:  # DF: tell the sender (RFC 1191)
                     route.drops["too_big"] += 1
-                    self.counters["too_big"] += 1
+                    counters["too_big"] += 1
                     if ipv4.icmp_error_allowed(packet):
                         back.append(ipv4.icmp_frag_needed(packet, mtu, self.local_inner))
                     continue
-            elif self.mss_clamp and packet[9] == _PROTO_TCP:
-                packet = self._clamp(packet)
+            elif (
+                clamp
+                and packet[9] == _PROTO_TCP
+                and (size < 34 or packet[0] != 0x45 or packet[33] & 0x02)
+            ):
+                packet = self._clamp(packet)  # a SYN, or an unusual header
             try:
                 datagram = route.outbound.seal(packet)
             except SAExpired as e:
                 route.drops["sa_expired"] += 1
-                self.counters["sa_expired"] += 1
+                counters["sa_expired"] += 1
                 if not route.expired_logged:
                     route.expired_logged = True
                     self.log.error("traffic to {node} stopped: {why}", node=route.node, why=str(e))
                 continue
             route.packets_out += 1
             route.bytes_out += size
-            out.append((datagram, route.addr))
+            append((datagram, route.addr))
 
     def dummy(self, node: str) -> tuple[bytes, tuple[str, int]] | None:
         """An authenticated dummy ESP packet (RFC 4303 section 2.6) for ``node``.
@@ -277,59 +294,90 @@ class TunnelEngine:
 
     # -- UDP -> TUN -------------------------------------------------------
 
+    def from_udp_many(self, datagrams: Iterable[tuple[bytes, tuple[str, int]]]) -> list[bytes]:
+        """Open a batch of datagrams from the ESP-in-UDP socket; return the inner packets.
+
+        Each datagram is handled exactly as :meth:`from_udp` describes; the
+        inner packets come back in the order of their datagrams.
+        """
+        result: list[bytes] = []
+        append = result.append
+        inbound = self.inbound
+        counters = self.counters
+        clamp = self.mss_clamp
+        unpack = _U32.unpack_from
+        for datagram, addr in datagrams:
+            if len(datagram) < 8 or datagram[:4] == NON_ESP_MARKER:
+                self._not_esp(datagram, addr)
+                continue
+            route = inbound.get(unpack(datagram)[0])
+            if route is None:
+                counters["unknown_spi"] += 1
+                self._log_unknown(unpack(datagram)[0], addr)
+                continue
+            if addr[0] not in route.sources:
+                # RFC 3024: only from the registered care-of (or NAT) address.
+                route.drops["bad_source"] += 1
+                counters["bad_source"] += 1
+                continue
+            try:
+                inner = route.inbound.open(datagram)
+            except ESPError as e:
+                route.drops[e.reason] += 1
+                counters[e.reason] += 1
+                continue
+            if addr != route.addr:
+                # Authenticated, from an allowed address: the NAT mapping moved.
+                route.addr = addr
+                counters["peer_port_updates"] += 1
+            if not inner:
+                counters["dummies_in"] += 1
+                continue
+            if len(inner) < _MIN_IPV4 or inner[0] >> 4 != 4:
+                route.drops["malformed_inner"] += 1
+                counters["malformed_inner"] += 1
+                continue
+            if route.inner is not None and inner[12:16] != route.inner:
+                route.drops["spoofed_inner_source"] += 1
+                counters["spoofed_inner_source"] += 1
+                continue
+            route.packets_in += 1
+            route.bytes_in += len(inner)
+            if (
+                clamp
+                and inner[9] == _PROTO_TCP
+                and (len(inner) < 34 or inner[0] != 0x45 or inner[33] & 0x02)
+            ):
+                inner = self._clamp(inner)  # a SYN, or an unusual header
+            append(inner)
+        return result
+
     def from_udp(self, datagram: bytes, addr: tuple[str, int]) -> bytes | None:
-        """Open one datagram from the ESP-in-UDP socket; return the inner packet."""
-        if len(datagram) < 8 or datagram[:4] == NON_ESP_MARKER:
-            if datagram == NAT_KEEPALIVE:
-                self.counters["keepalives_in"] += 1
-            elif datagram[:4] == NON_ESP_MARKER and len(datagram) > 4 and self.on_ike:
-                self.on_ike(datagram[4:], addr)
-            else:
-                self.counters["malformed"] += 1
-            return None
-        spi = _U32.unpack_from(datagram)[0]
-        route = self.inbound.get(spi)
-        if route is None:
-            self.counters["unknown_spi"] += 1
-            self._log_unknown(spi, addr)
-            return None
-        if addr[0] not in route.sources:
-            # RFC 3024: only from the registered care-of (or NAT) address.
-            route.drops["bad_source"] += 1
-            self.counters["bad_source"] += 1
-            return None
-        try:
-            inner = route.inbound.open(datagram)
-        except ESPError as e:
-            route.drops[e.reason] += 1
-            self.counters[e.reason] += 1
-            return None
-        if addr != route.addr:
-            # Authenticated, from an allowed address: the NAT mapping moved.
-            route.addr = addr
-            self.counters["peer_port_updates"] += 1
-        if not inner:
-            self.counters["dummies_in"] += 1
-            return None
-        if len(inner) < _MIN_IPV4 or inner[0] >> 4 != 4:
-            route.drops["malformed_inner"] += 1
-            self.counters["malformed_inner"] += 1
-            return None
-        if route.inner is not None and inner[12:16] != route.inner:
-            route.drops["spoofed_inner_source"] += 1
-            self.counters["spoofed_inner_source"] += 1
-            return None
-        route.packets_in += 1
-        route.bytes_in += len(inner)
-        if self.mss_clamp and inner[9] == _PROTO_TCP:
-            return self._clamp(inner)
-        return inner
+        """Open one datagram from the ESP-in-UDP socket; return the inner packet.
+
+        RFC 3948 sorting: a NAT keepalive is counted, IKE (behind the
+        non-ESP marker) goes to ``on_ike``; ESP is opened with the inbound SA
+        its SPI names, from an allowed outer source only, and its inner
+        packet must come from the route's own address.  An authenticated
+        packet from a new port of an allowed address moves the route there
+        (NAT mappings change).  A TCP SYN has its MSS clamped.
+        """
+        inner = self.from_udp_many(((datagram, addr),))
+        return inner[0] if inner else None
+
+    def _not_esp(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A datagram that is not ESP: a NAT keepalive, IKE, or garbage."""
+        if datagram == NAT_KEEPALIVE:
+            self.counters["keepalives_in"] += 1
+        elif datagram[:4] == NON_ESP_MARKER and len(datagram) > 4 and self.on_ike:
+            self.on_ike(datagram[4:], addr)
+        else:
+            self.counters["malformed"] += 1
 
     def _clamp(self, packet: bytes) -> bytes:
         """Clamp the MSS of a TCP SYN so segments fit the tunnel (both directions)."""
-        hlen = (packet[0] & 0x0F) << 2
-        if len(packet) <= hlen + 13 or not packet[hlen + 13] & 0x02:
-            return packet  # not a SYN: the common case, decided in two lookups
+        if not _is_syn(packet):
+            return packet
         try:
             clamped = ipv4.clamp_mss(packet, self.mss)
         except WireError:
