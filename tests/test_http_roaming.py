@@ -26,14 +26,17 @@ from smobility.demo.roam import CN, HOA, NETS, Demo
 from tests.util import require_root, require_tool
 
 
-class HTTPRoamingTests(SynchronousTestCase):
+class _Base(SynchronousTestCase):
+    """The lab with the HTTP path; the proxy in V3 is ``proxy_kind``."""
+
+    proxy_kind = "squid"
     lab: Any = None
     demo: Demo | None = None
     work: Path
 
     def setUp(self) -> None:
         require_root(self)
-        for tool in ("ip", "squid", "htpasswd"):
+        for tool in ("ip", "squid", "htpasswd", "tinyproxy"):
             require_tool(self, tool)
         from smobility.lab import Lab
 
@@ -44,6 +47,7 @@ class HTTPRoamingTests(SynchronousTestCase):
         self.addCleanup(self.lab.down)
         self.lab.up()
         self.demo = Demo(self.lab, self.work)
+        self.demo.proxy_kind = self.proxy_kind
         self.addCleanup(self.demo.stop_all)
         home_cfg, self.client_cfg = self.demo.write_configs(http=True)
         self.demo.twistd("ha", "smobility-home", home_cfg, "home.log")
@@ -96,8 +100,8 @@ class HTTPRoamingTests(SynchronousTestCase):
             self.assertEqual(stats[name]["resets"], 0, (name, stats[name]))
             self.assertEqual(stats[name]["connections"], 1, (name, stats[name]))
 
-    def test_v3_streams_and_inbound(self) -> None:
-        """In V3 only HTTPS through Squid works: streams both ways and inbound connections."""
+    def check_v3_streams_and_inbound(self) -> None:
+        """In V3 only HTTPS through its proxy works: streams both ways and inbound connections."""
         assert self.demo is not None
         self.start_client("v3")
         st = self.demo.status()
@@ -115,6 +119,13 @@ class HTTPRoamingTests(SynchronousTestCase):
         mux_log = (self.work / "mux.log").read_text()
         self.assertIn("SOCKS5 ingress: 172.31.3.2:", mux_log)
         self.assertIn("user 'laptop' connected to the multiplexer", mux_log)
+
+
+class HTTPRoamingTests(_Base):
+    """Squid (full duplex) in V3."""
+
+    def test_v3_streams_and_inbound(self) -> None:
+        self.check_v3_streams_and_inbound()
 
     def test_stream_survives_v1_v3_v2(self) -> None:
         assert self.demo is not None
@@ -154,3 +165,12 @@ class HTTPRoamingTests(SynchronousTestCase):
         stats = self.finish(clients)
         self.assert_survived(stats)
         self.assertGreater(stats["s-in"]["bytes"], before + 50_000)
+
+
+class TinyproxyRoamingTests(_Base):
+    """tinyproxy (half duplex: holds responses until request bodies end) in V3."""
+
+    proxy_kind = "tinyproxy"
+
+    def test_v3_streams_and_inbound(self) -> None:
+        self.check_v3_streams_and_inbound()

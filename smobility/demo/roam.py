@@ -65,6 +65,7 @@ class Demo:
     logs: list[Any] = field(default_factory=list)
     squid: Any = None
     mux: subprocess.Popen[bytes] | None = None
+    proxy_kind: str = "squid"
 
     # -- the HTTP path: Squid in V3, the multiplexer and its SOCKS5 ingress at home --
 
@@ -112,10 +113,11 @@ state_db = "{mux_db}"
 keepalive = 5
 """
         )
-        from smobility.lab.proxies import Squid
+        from smobility.lab.proxies import Squid, Tinyproxy
 
-        self.squid = Squid(self.lab, role="proxy", address=PROXY_ADDR, port=3128,
-                           user="guest", password=proxy_pw)  # fmt: skip
+        kind = Squid if self.proxy_kind == "squid" else Tinyproxy
+        self.squid = kind(self.lab, role="proxy", address=PROXY_ADDR, port=3128,
+                          user="guest", password=proxy_pw)  # fmt: skip
         return f"""
 [[transport]]
 kind = "udp"

@@ -102,7 +102,9 @@ http_access deny all
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise ProxyError(f"Squid exited ({self.proc.returncode}): {self.text()[-2000:]}")
+                raise ProxyError(
+                    f"{self.argv[0]} exited ({self.proc.returncode}): {self.text()[-2000:]}"
+                )
             r = self.lab.exec(self.role, sys.executable, "-c", probe, check=False)
             if r.returncode == 0:
                 return
@@ -152,3 +154,64 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return True
     except OSError:
         return False
+
+
+class Tinyproxy:
+    """tinyproxy with Basic auth in a lab namespace: the half-duplex variant.
+
+    It streams each direction but holds a response until the request body
+    has ended (PEERS.md), which the HTTP transport copes with by using one
+    request per direction.
+    """
+
+    def __init__(self, lab: Any, *, role: str, address: str, port: int,
+                 user: str, password: str) -> None:  # fmt: skip
+        binary = shutil.which("tinyproxy") or shutil.which("tinyproxy", path="/usr/bin:/usr/sbin")
+        if binary is None:
+            raise ProxyError("tinyproxy is missing (package tinyproxy)")
+        self.lab = lab
+        self.role = role
+        self.address = address
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="smob-tinyproxy-"))
+        self.dir.chmod(0o755)
+        self.proc: subprocess.Popen[bytes] | None = None
+        (self.dir / "tinyproxy.conf").write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    f"Listen {address}",
+                    "Timeout 600",
+                    "MaxClients 50",
+                    "LogLevel Info",
+                    f"BasicAuth {user} {password}",
+                    "User nobody",
+                    "Group nogroup",
+                ]
+            )
+            + "\n"
+        )
+        self.argv = [binary, "-d", "-c", str(self.dir / "tinyproxy.conf")]
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start tinyproxy and wait until its port accepts connections."""
+        Squid.start(self, timeout)  # type: ignore[arg-type]
+
+    def text(self) -> str:
+        """tinyproxy's output."""
+        try:
+            return (self.dir / "output.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM our tinyproxy (its PID), SIGKILL if it hangs; remove its files."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
