@@ -837,7 +837,7 @@ class RetryTests(SynchronousTestCase):
 
 
 class InformationalTests(SynchronousTestCase):
-    """Delete, liveness, dead peers, CREATE_CHILD_SA refusal."""
+    """Delete, liveness, dead peers, refusal of additional CHILD_SAs."""
 
     def test_delete_from_initiator(self) -> None:
         """Our Delete: children down at once; both IKE SAs gone after the exchange."""
@@ -924,7 +924,10 @@ class InformationalTests(SynchronousTestCase):
         self.assertEqual(p.ini.established()[0].next_request_id, 7)
 
     def test_create_child_sa_refused(self) -> None:
-        """CREATE_CHILD_SA (rekeying) is answered with NO_ADDITIONAL_SAS."""
+        """CREATE_CHILD_SA for an additional CHILD_SA (no REKEY_SA) gets NO_ADDITIONAL_SAS.
+
+        Rekeying is in L{tests.test_ike_rekey}.
+        """
         p = Pair()
         p.establish()
         (sa,) = p.ini.established()

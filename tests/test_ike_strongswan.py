@@ -18,9 +18,21 @@ Checked: IKE_SA and CHILD_SA up on both sides (``swanctl --list-sas``), our
 SK_d ... SK_pr equal to strongSwan's ``ike = 4`` key dump for the same SA,
 ICMP echo through ESP both ways (sealed and opened by our ESP code, carried by
 strongSwan's userspace ESP and its TUN device), INVALID_KE_PAYLOAD retry, a
-wrong shared key refused with AUTHENTICATION_FAILED, and Delete.  Every
-process is stopped by its PID, the namespaces are removed even on failure,
-and every wait is bounded.
+wrong shared key refused with AUTHENTICATION_FAILED, and Delete.
+
+Rekeying (CREATE_CHILD_SA): strongSwan and our engine rekey each other's
+CHILD_SA (without and with PFS) and IKE SA, on request (``swanctl --rekey``,
+the driver's ``rekey-child`` / ``rekey-ike``) and by lifetime (strongSwan's
+``rekey_time``, our ``ike_rekey_time``), while a pinger on strongSwan's side
+sends an echo every 20 ms: none is lost, ``swanctl --list-sas`` shows the new
+SPIs installed (and only them), and every new key equals charon's dump.
+
+tshark: the IKE traffic between our initiator and strongSwan, captured on our
+veth, decrypted with our keys in tshark's ``ikev2_decryption_table``: the
+inner payloads show, no malformed packet, and a wrong key opens nothing.
+
+Every process is stopped by its PID, the namespaces are removed even on
+failure, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -166,8 +178,11 @@ charon {{
 """
 
 
-def swanctl_responder(ike: str) -> str:
-    """swanctl.conf of strongSwan as the responder, handing out VIP by CP."""
+def swanctl_responder(ike: str, esp: str = "aes128gcm16,aes256gcm16") -> str:
+    """swanctl.conf of strongSwan as the responder, handing out VIP by CP.
+
+    ``esp``: its ESP proposals (a DH group in them means PFS on rekeys).
+    """
     return f"""
 connections {{
     ha {{
@@ -192,7 +207,7 @@ connections {{
             net {{
                 mode = tunnel
                 local_ts = {INNER_B}/32
-                esp_proposals = aes128gcm16,aes256gcm16
+                esp_proposals = {esp}
                 rekey_time = 0
             }}
         }}
@@ -213,8 +228,13 @@ secrets {{
 """
 
 
-def swanctl_initiator(ike: str, esp: str, secret: str = PSK) -> str:
-    """swanctl.conf of strongSwan as the initiator towards our responder."""
+def swanctl_initiator(ike: str, esp: str, secret: str = PSK, child_rekey: str = "0") -> str:
+    """swanctl.conf of strongSwan as the initiator towards our responder.
+
+    ``child_rekey``: the CHILD_SA's ``rekey_time`` (``0``: never); its
+    ``life_time`` is then well beyond (by default only 10 % more, which
+    rounds to the same second for short times and expires the SA instead).
+    """
     return f"""
 connections {{
     home {{
@@ -241,7 +261,9 @@ connections {{
                 local_ts = {VIP}/32
                 remote_ts = {INNER_B}/32
                 esp_proposals = {esp}
-                rekey_time = 0
+                rekey_time = {child_rekey}
+                life_time = {"0" if child_rekey == "0" else "60s"}
+                rand_time = {"0" if child_rekey == "0" else "1s"}
             }}
         }}
     }}
@@ -455,6 +477,103 @@ def strongswan_child_keys(log: str) -> list[tuple[str, str]]:
     return list(zip(found["initiator"], found["responder"], strict=False))
 
 
+_CHILD_HEAD = re.compile(r"^\s+\S+: #\d+, reqid \d+, (\w+),")
+_CHILD_SPI = re.compile(r"^\s+(in|out)\s+([0-9a-f]{8})[,_ ]")
+_IKE_HEAD = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r")
+
+
+def installed_children(listing: str) -> list[tuple[str, str]]:
+    """(in, out) SPIs, as strongSwan sees them, of each INSTALLED CHILD_SA in ``--list-sas``."""
+    out: list[tuple[str, str]] = []
+    state, spi_in = "", ""
+    for line in listing.splitlines():
+        head = _CHILD_HEAD.match(line)
+        if head is not None:
+            state = head.group(1)
+            continue
+        spi = _CHILD_SPI.match(line)
+        if spi is None or state != "INSTALLED":
+            continue
+        if spi.group(1) == "in":
+            spi_in = spi.group(2)
+        else:
+            out.append((spi_in, spi.group(2)))
+    return out
+
+
+def ike_sas(listing: str) -> list[tuple[str, str, str]]:
+    """(state, SPIi, SPIr) of each IKE SA in ``--list-sas``."""
+    return [
+        (m.group(1), m.group(2), m.group(3))
+        for m in map(_IKE_HEAD.match, listing.splitlines())
+        if m is not None
+    ]
+
+
+# tshark's names for our IKE algorithms (its ikev2_decryption_table UAT).
+TSHARK_IKE_ENCR = {
+    "aes128gcm16": "AES-GCM-128 with 16 octet ICV [RFC5282]",
+    "aes256gcm16": "AES-GCM-256 with 16 octet ICV [RFC5282]",
+    "aes128": "AES-CBC-128 [RFC3602]",
+    "aes256": "AES-CBC-256 [RFC3602]",
+}
+TSHARK_IKE_INTEG = {
+    "sha256": "HMAC_SHA2_256_128 [RFC4868]",
+    "sha384": "HMAC_SHA2_384_192 [RFC4868]",
+    "sha512": "HMAC_SHA2_512_256 [RFC4868]",
+}
+
+
+def ikev2_uat_row(spi_i: str, spi_r: str, keys: dict[str, str], suite: str) -> str:
+    """One ``ikev2_decryption_table`` row: hex fields bare, algorithm names quoted.
+
+    Fields: Initiator's SPI, Responder's SPI, SK_ei, SK_er, Encryption
+    algorithm, SK_ai, SK_ar, Integrity algorithm.  For AES-GCM the SK_e keys
+    carry their 4-byte salt, and there is no integrity key.
+    """
+    tokens = suite.split("-")
+    encr = TSHARK_IKE_ENCR[tokens[0]]
+    integ = TSHARK_IKE_INTEG.get(tokens[1], "NONE [RFC4306]")
+    return (
+        f'{spi_i},{spi_r},{keys["sk_ei"]},{keys["sk_er"]},"{encr}",'
+        f'{keys["sk_ai"]},{keys["sk_ar"]},"{integ}"'
+    )
+
+
+class Capture:
+    """tshark capturing IKE (UDP 500 and 4500) on one link inside a namespace, to a pcap file."""
+
+    def __init__(self, ns: str, dev: str, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "tshark", "-i", dev, "-f", "udp port 500 or udp port 4500",
+             "-F", "pcap", "-w", str(path), "-q"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"Capturing on" not in seen:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"tshark did not start capturing: {seen!r}")
+            readable, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            if readable:
+                seen += os.read(self.proc.stderr.fileno(), 4096)
+
+    def stop(self) -> None:
+        """SIGINT tshark by its PID (it flushes the file), SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
 # ---------------------------------------------------------------------------
 # The driver: our engine over real sockets (runs inside namespace A)
 # ---------------------------------------------------------------------------
@@ -471,7 +590,7 @@ def driver_main(params: dict[str, Any]) -> int:
     from twisted.internet import reactor
 
     from smobility.engines import ike, ikecrypto
-    from smobility.engines.tunnel import TunnelEngine
+    from smobility.engines.tunnel import Route, TunnelEngine
     from smobility.wire import ipv4
     from smobility.wire.esp import NON_ESP_MARKER, InboundSA, OutboundSA
     from smobility.wire.ikev2 import Identity, TrafficSelector
@@ -496,6 +615,9 @@ def driver_main(params: dict[str, Any]) -> int:
         local_host=params["addr"],
         retransmit_timeout=0.5,
         retransmit_tries=4,
+        pfs=params.get("pfs", False),
+        child_rekey_time=params.get("child_rekey_time"),
+        ike_rekey_time=params.get("ike_rekey_time"),
     )
     if auth == "pubkey":
         config.certificate = x509.load_pem_x509_certificate(Path(params["cert"]).read_bytes())
@@ -514,18 +636,30 @@ def driver_main(params: dict[str, Any]) -> int:
     )
     children: list[ike.ChildSA] = []
     down: list[ike.IKESADown] = []
+    # Rekeyed CHILD_SAs whose outbound SA waits for ChildSARekeyed.
+    pending: dict[int, tuple[InboundSA, OutboundSA, ike.ChildSA]] = {}
+
+    def inner_of(child: ike.ChildSA) -> IPv4Address | None:
+        inner = None if role is ike.Role.INITIATOR else child.remote_ts[0].start
+        return inner if isinstance(inner, IPv4Address) else None
 
     def on_child(child: ike.ChildSA) -> None:
         children.append(child)
-        inner = None if role is ike.Role.INITIATOR else child.remote_ts[0].start
-        tunnel.install(
-            "peer",
-            inner if isinstance(inner, IPv4Address) else None,
-            InboundSA.from_keymat(child.inbound_spi, child.inbound_keymat),
-            OutboundSA.from_keymat(child.outbound_spi, child.outbound_keymat),
-            child.peer_addr,
-            [child.peer_addr[0]],
-        )
+        inbound = InboundSA.from_keymat(child.inbound_spi, child.inbound_keymat)
+        outbound = OutboundSA.from_keymat(child.outbound_spi, child.outbound_keymat)
+        current = tunnel.by_node.get("peer")
+        if child.replaces is None or current is None:
+            tunnel.install(
+                "peer", inner_of(child), inbound, outbound, child.peer_addr, [child.peer_addr[0]]
+            )
+        else:
+            # Make before break: the new inbound SA takes packets at once, the
+            # old route still sends until ChildSARekeyed.
+            tunnel.inbound[inbound.spi] = Route(
+                "peer", current.inner, inbound, current.outbound, current.addr,
+                current.sources, current.path,
+            )
+            pending[child.inbound_spi] = (inbound, outbound, child)
         _emit(
             "child",
             in_spi=child.inbound_spi,
@@ -537,10 +671,37 @@ def driver_main(params: dict[str, Any]) -> int:
             internal=str(child.internal_address) if child.internal_address else None,
             peer=list(child.peer_addr),
             suite=str(child.suite),
+            replaces=child.replaces,
+            pfs_group=child.pfs_group,
         )
 
     def on_event(event: ike.IKEEvent) -> None:
-        if isinstance(event, ike.IKESAUp):
+        if isinstance(event, ike.ChildSARekeyed):
+            inbound, outbound, child = pending.pop(event.new.inbound_spi)
+            old_route = tunnel.by_node.get("peer")
+            tunnel.install(
+                "peer", inner_of(child), inbound, outbound, child.peer_addr, [child.peer_addr[0]]
+            )
+            if old_route is not None:
+                # The old inbound SA stays until its ChildSADown.
+                tunnel.inbound[old_route.inbound.spi] = old_route
+            _emit("child_rekeyed", old_in=event.old.inbound_spi, new_in=event.new.inbound_spi)
+        elif isinstance(event, ike.IKESARekeyed):
+            sa = next(
+                s for s in engine.sas.values()
+                if (s.spi_i, s.spi_r) == (event.spi_i, event.spi_r)
+            )
+            _emit(
+                "ike_rekeyed",
+                old_spi_i=event.old_spi_i.hex(),
+                old_spi_r=event.old_spi_r.hex(),
+                spi_i=event.spi_i.hex(),
+                spi_r=event.spi_r.hex(),
+                suite=str(event.suite),
+                keys=ike.keys_for_log(sa),
+                role=sa.role.value,
+            )
+        elif isinstance(event, ike.IKESAUp):
             sa = next(s for s in engine.sas.values() if s.spi_i == event.spi_i)
             _emit(
                 "ike_up",
@@ -551,11 +712,16 @@ def driver_main(params: dict[str, Any]) -> int:
                 peer_id=str(event.peer_id),
             )
         elif isinstance(event, ike.IKEFailed):
-            _emit("failed", reason=event.reason, notify=event.notify, child_only=event.child_only)
+            _emit("failed", reason=event.reason, notify=event.notify, child_only=event.child_only,
+                  rekey=event.rekey)
         elif isinstance(event, ike.IKESADown):
             down.append(event)
             _emit("ike_down", reason=event.reason)
         elif isinstance(event, ike.ChildSADown):
+            pending.pop(event.child.inbound_spi, None)
+            route = tunnel.inbound.get(event.child.inbound_spi)
+            if route is not None and route is not tunnel.by_node.get("peer"):
+                del tunnel.inbound[event.child.inbound_spi]
             _emit("child_down", reason=event.reason, in_spi=event.child.inbound_spi)
 
     engine = ike.IKEEngine(role, config, reactor, on_child_sa=on_child, on_event=on_event)
@@ -597,6 +763,40 @@ def driver_main(params: dict[str, Any]) -> int:
                 if cmd[0] == "delete":
                     for sa in engine.established():
                         engine.delete_ike_sa(sa)
+                if cmd[0] == "rekey-child":
+                    for sa in engine.established():
+                        for c in sa.children:
+                            if engine.child_state(c.inbound_spi) is ike.ChildState.INSTALLED:
+                                engine.rekey_child(c.outbound_spi)
+                if cmd[0] == "rekey-ike":
+                    for sa in engine.established():
+                        engine.rekey_ike_sa(sa)
+                if cmd[0] == "liveness":
+                    for sa in engine.established():
+                        engine.check_liveness(sa)
+                    _emit("liveness_sent", count=len(engine.established()))
+                if cmd[0] == "status":
+                    _emit(
+                        "status",
+                        sas=[
+                            {
+                                "spi_i": sa.spi_i.hex(),
+                                "spi_r": sa.spi_r.hex(),
+                                "role": sa.role.value,
+                                "state": sa.state.value,
+                                "outstanding": sa.outstanding.kind if sa.outstanding else None,
+                                "next_request_id": sa.next_request_id,
+                                "next_peer_id": sa.next_peer_id,
+                                "children": [
+                                    [c.inbound_spi, c.outbound_spi,
+                                     str(engine.child_state(c.inbound_spi))]
+                                    for c in sa.children
+                                ],
+                            }
+                            for sa in engine.sas.values()
+                        ],
+                        counters=engine.counters,
+                    )
                 if cmd[0] == "ping":
                     out: list[tuple[bytes, tuple[str, int]]] = []
                     packets = []
@@ -646,10 +846,12 @@ def driver_main(params: dict[str, Any]) -> int:
     return 0
 
 
-def ping_main(src: str, dst: str, count: int, timeout: float) -> int:
+def ping_main(src: str, dst: str, count: int, timeout: float, interval: float = 0.0) -> int:
     """ICMP echo from ``src`` to ``dst`` over a raw socket (no ping binary here).
 
-    Prints one JSON line: how many were sent and how many replies came back.
+    One echo every ``interval`` seconds at most, each waited for up to
+    ``timeout``.  Prints one JSON line: how many were sent and how many
+    replies came back.
     """
     from smobility.wire import ipv4
 
@@ -658,6 +860,8 @@ def ping_main(src: str, dst: str, count: int, timeout: float) -> int:
     ident = os.getpid() & 0xFFFF
     got: set[int] = set()
     for seq in range(1, count + 1):
+        if interval and seq > 1:
+            time.sleep(interval)
         packet = ipv4.icmp_echo(src, dst, ident, seq, b"strongswan-side" * 3)
         sock.sendto(packet[20:], (dst, 0))
         deadline = time.monotonic() + timeout
@@ -831,10 +1035,21 @@ class StrongSwanInteropTests(SynchronousTestCase):
         return result
 
     def assert_keys_match(self, ours: dict[str, str], charon: Charon) -> None:
-        """Our IKE SA keys are one of the key sets charon dumped (all seven equal)."""
-        dumps = strongswan_key_dumps(charon.log_path.read_text(errors="replace"))
+        """Our IKE SA keys are one of the key sets charon dumped (all seven equal).
+
+        Waits a little for the dump: when strongSwan initiated a rekey, it
+        derives the keys only once our answer is in.
+        """
+        deadline = time.monotonic() + 5
+        while True:
+            dumps = strongswan_key_dumps(charon.log_path.read_text(errors="replace"))
+            match = [d for d in dumps if d.get("sk_d") == ours["sk_d"]]
+            if match and "sk_pr" in match[0]:  # dumped last
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         self.assertTrue(dumps, "charon dumped no keys (ike = 4)")
-        match = [d for d in dumps if d.get("sk_d") == ours["sk_d"]]
         self.assertEqual(len(match), 1, f"our SK_d is not in charon's dumps: {dumps}")
         for name in KEY_NAMES:
             self.assertEqual(match[0].get(name, ""), ours[name], name)
@@ -966,7 +1181,9 @@ class StrongSwanInteropTests(SynchronousTestCase):
 
     # -- (b) strongSwan initiator, our responder ------------------------------
 
-    def _respond(self, ike: str, esp: str, secret: str = PSK) -> Driver:
+    def _respond(
+        self, ike: str, esp: str, secret: str = PSK, child_rekey: str = "0", **extra: Any
+    ) -> Driver:
         driver = self.start_driver(
             role="responder",
             ike=[ike],
@@ -975,9 +1192,10 @@ class StrongSwanInteropTests(SynchronousTestCase):
             local_ts=[f"{INNER_B}/32"],
             remote_ts=["0.0.0.0/0"],
             esp=["aes128gcm16", "aes256gcm16"],
+            **extra,
         )
         driver.wait("ready", 10)
-        self.start_charon(swanctl_initiator(ike, esp, secret), inner_b=False)
+        self.start_charon(swanctl_initiator(ike, esp, secret, child_rekey), inner_b=False)
         self.ns.ip(self.ns.b, "addr", "add", f"{VIP}/32", "dev", "lo")
         return driver
 
@@ -1055,8 +1273,353 @@ class StrongSwanInteropTests(SynchronousTestCase):
         self.assertFalse(driver.has("child"))
         self.charon.wait_log(r"AUTHENTICATION_FAILED", 5)
 
+    # -- (c) rekeying, both ways ---------------------------------------------
+
+    def start_pinger(
+        self, ns: str, src: str, dst: str, count: int, interval: float
+    ) -> subprocess.Popen[str]:
+        """Our raw-socket pinger in the background: ``count`` echoes, one per ``interval``."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.test_ike_strongswan",
+             "--ping", src, dst, str(count), str(interval)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+        )
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+        self.addCleanup(stop)
+        return proc
+
+    def pinger_result(self, proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+        """Wait for a background pinger; its JSON result."""
+        out, err = proc.communicate(timeout=timeout)
+        self.assertEqual(proc.returncode, 0, err)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def wait_swan(
+        self, charon: Charon, check: Any, what: str, timeout: float = 10.0
+    ) -> str:
+        """Poll ``swanctl --list-sas`` until ``check(listing)`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = charon.swanctl("--list-sas").stdout
+            if check(listing):
+                return listing
+            if time.monotonic() > deadline:
+                raise AssertionError(f"strongSwan never showed {what}:\n{listing}")
+            time.sleep(0.1)
+
+    def wait_child_installed(self, charon: Charon, child: dict[str, Any]) -> None:
+        """strongSwan's only INSTALLED CHILD_SA is this one (its in SPI is our out SPI)."""
+        pair = (f"{child['out_spi']:08x}", f"{child['in_spi']:08x}")
+        self.wait_swan(charon, lambda text: installed_children(text) == [pair],
+                       f"the CHILD_SA {pair} alone")
+
+    def wait_ike_established(self, charon: Charon, spi_i: str, spi_r: str) -> None:
+        """strongSwan's only ESTABLISHED IKE SA is this one."""
+        self.wait_swan(
+            charon,
+            lambda text: [x[1:] for x in ike_sas(text) if x[0] == "ESTABLISHED"]
+            == [(spi_i, spi_r)],
+            f"the IKE SA {spi_i}_i {spi_r}_r alone",
+        )
+
+    def child_line(self, driver: Driver, in_spi: int) -> dict[str, Any]:
+        """The driver's report of the CHILD_SA with this inbound SPI."""
+        (line,) = [x for x in driver.lines if x["type"] == "child" and x["in_spi"] == in_spi]
+        return line
+
+    def test_rekey_with_strongswan_responder(self) -> None:
+        """Our initiator and strongSwan's responder rekey each other's SAs, without and with PFS.
+
+        Pings from strongSwan's side run all along (one every 20 ms) and none
+        is lost.  In turn: strongSwan rekeys the CHILD_SA towards us (we are
+        the exchange's responder), we rekey it towards strongSwan, strongSwan
+        rekeys the IKE SA, we rekey the IKE SA, and both rekey the CHILD_SA
+        again on the new IKE SA, then a liveness check on it.  After each step
+        ``swanctl --list-sas`` shows the new SPIs (and only them installed),
+        and the keys equal charon's dump of them.
+        """
+        for esp, pfs in (("aes128gcm16", False), ("aes128gcm16-ecp256", True)):
+            self._rekey_round(esp, pfs)
+
+    def status(self, driver: Driver) -> dict[str, Any]:
+        """Ask the driver for its engine's state; the answer."""
+        count = len([x for x in driver.lines if x["type"] == "status"]) + 1
+        driver.send("status")
+        return driver.wait("status", 10, count=count)
+
+    def _rekey_round(self, esp: str, pfs: bool) -> None:
+        ike = "aes128gcm16-prfsha256-ecp256"
+        charon = self.start_charon(swanctl_responder(ike, esp))
+        driver, up, child = self._initiate(ike, inner=VIP, pfs=pfs)
+        self.wait_child_installed(charon, child)
+        pinger = self.start_pinger(self.ns.b, INNER_B, VIP, 250, 0.02)
+        time.sleep(0.3)
+        group = 19 if pfs else None
+        done: list[dict[str, Any]] = [child]
+
+        def step(trigger: str, exchange_role: str) -> None:
+            current = done[-1]
+            if trigger == "swanctl":
+                charon.swanctl("--rekey", "--child", "net")
+            else:
+                driver.send("rekey-child")
+            rekeyed = driver.wait("child_rekeyed", 15, count=len(done))
+            self.assertEqual(rekeyed["old_in"], current["in_spi"])
+            new = self.child_line(driver, rekeyed["new_in"])
+            self.assertEqual(new["replaces"], current["in_spi"])
+            self.assertEqual(new["pfs_group"], group)
+            self.assertEqual((new["local_ts"], new["remote_ts"]),
+                             (current["local_ts"], current["remote_ts"]))
+            self.assert_child_keys_match(new, charon, exchange_role)
+            self.wait_child_installed(charon, new)
+            down = driver.wait("child_down", 15, count=len(done))
+            self.assertEqual((down["in_spi"], down["reason"]), (current["in_spi"], "rekeyed"))
+            done.append(new)
+            time.sleep(0.2)
+
+        step("swanctl", "responder")
+        step("driver", "initiator")
+        # strongSwan rekeys the IKE SA: it becomes the new SA's initiator.
+        charon.swanctl("--rekey", "--ike", "ha")
+        ike1 = driver.wait("ike_rekeyed", 15)
+        self.assertEqual((ike1["old_spi_i"], ike1["role"]), (up["spi_i"], "responder"))
+        self.assert_keys_match(ike1["keys"], charon)
+        self.wait_ike_established(charon, ike1["spi_i"], ike1["spi_r"])
+        time.sleep(0.2)
+        # We rekey the IKE SA.
+        driver.send("rekey-ike")
+        ike2 = driver.wait("ike_rekeyed", 15, count=2)
+        self.assertEqual((ike2["old_spi_i"], ike2["role"]), (ike1["spi_i"], "initiator"))
+        self.assert_keys_match(ike2["keys"], charon)
+        self.wait_ike_established(charon, ike2["spi_i"], ike2["spi_r"])
+        time.sleep(0.2)
+        # The CHILD_SA, moved to the new IKE SA, rekeyed there both ways.
+        step("driver", "initiator")
+        step("swanctl", "responder")
+        # Liveness on the new IKE SA: our third request there (rekey, Delete, this).
+        driver.send("liveness")
+        charon.wait_log(r"parsed INFORMATIONAL request 2 \[ \]", 10)
+        deadline = time.monotonic() + 10
+        while True:
+            (sa,) = self.status(driver)["sas"]
+            if sa["outstanding"] is None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual((sa["spi_i"], sa["spi_r"]), (ike2["spi_i"], ike2["spi_r"]))
+        self.assertEqual((sa["outstanding"], sa["next_request_id"]), (None, 3))
+        last = done[-1]
+        self.assertEqual(sa["children"],
+                         [[last["in_spi"], last["out_spi"], "ChildState.INSTALLED"]])
+        result = self.pinger_result(pinger)
+        self.assertEqual(result["received"], result["sent"], f"{result}\n{charon.text()}")
+        self.assertFalse(driver.has("failed"), driver.lines)
+        driver.send(f"ping 3 {INNER_B}")
+        driver.wait("pong", 10, count=3)
+        if pfs:
+            for verb in ("generating", "parsed"):
+                charon.wait_log(
+                    rf"{verb} CREATE_CHILD_SA request \d+ \[ N\(REKEY_SA\) SA No KE TSi TSr \]",
+                    5,
+                )
+        driver.send("delete")
+        driver.wait("ike_down", 10)
+        self.wait_swan(charon, lambda text: not ike_sas(text), "no IKE SA")
+        driver.stop()
+        charon.stop()
+
+    def test_rekey_with_strongswan_initiator(self) -> None:
+        """strongSwan initiates to our responder and rekeys the CHILD_SA by its lifetime
+        (``rekey_time = 4s``); our responder rekeys the IKE SA by its own
+        (``ike_rekey_time`` 6 s).  Pings from strongSwan's side run all along,
+        none lost; keys equal charon's dumps; ``--list-sas`` agrees with us.
+        """
+        ike = "aes128gcm16-prfsha256-ecp256"
+        driver = self._respond(ike, "aes128gcm16", child_rekey="4s", ike_rekey_time=6.0)
+        r = self.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + self.charon.text())
+        up = driver.wait("ike_up", 10)
+        child = driver.wait("child", 10)
+        self.wait_child_installed(self.charon, child)
+        pinger = self.start_pinger(self.ns.b, VIP, INNER_B, 500, 0.02)
+        first = driver.wait("child_rekeyed", 15)
+        self.assertEqual(first["old_in"], child["in_spi"])
+        ike1 = driver.wait("ike_rekeyed", 15)
+        self.assertEqual((ike1["old_spi_i"], ike1["role"]), (up["spi_i"], "initiator"))
+        self.assert_keys_match(ike1["keys"], self.charon)
+        second = driver.wait("child_rekeyed", 15, count=2)
+        result = self.pinger_result(pinger)
+        self.assertEqual(result["received"], result["sent"], f"{result}\n{self.charon.text()}")
+        for rekeyed in (first, second):
+            new = self.child_line(driver, rekeyed["new_in"])
+            self.assert_child_keys_match(new, self.charon, "responder")
+        # strongSwan answered our IKE SA rekey.
+        self.charon.wait_log(r"generating CREATE_CHILD_SA response \d+ \[ SA No KE \]", 5)
+        self.assertFalse(driver.has("failed"), driver.lines)
+        # What strongSwan has installed is what we last installed.
+        status = self.status(driver)
+        (sa,) = [s for s in status["sas"] if s["state"] == "established"]
+        self.wait_ike_established(self.charon, sa["spi_i"], sa["spi_r"])
+        (last,) = sa["children"]
+        listing = self.charon.swanctl("--list-sas").stdout
+        self.assertIn((f"{last[1]:08x}", f"{last[0]:08x}"), installed_children(listing))
+        self.charon.swanctl("--terminate", "--ike", "home", "--timeout", "10")
+        driver.wait("ike_down", 10)
+
+    # -- (d) tshark decrypts our IKE exchanges ---------------------------------
+
+    def test_tshark_decrypts_our_exchanges(self) -> None:
+        """tshark opens every Encrypted payload of our exchanges with strongSwan.
+
+        Captured on our veth: IKE_AUTH, CHILD_SA rekeys both ways, an IKE SA
+        rekey, liveness and Delete; decrypted with our keys in tshark's
+        ``ikev2_decryption_table``, one row per IKE SA.  tshark finds IDi,
+        AUTH, SA, TSi, TSr (and the rest) inside, with a correct ICV and no
+        malformed packet; with one wrong key it opens nothing that key sealed.
+        For AES-GCM and for AES-CBC with HMAC-SHA2-256-128.
+        """
+        require_tool(self, "tshark")
+        for ike in ("aes128gcm16-prfsha256-ecp256", "aes128-sha256-modp2048"):
+            self._tshark_round(ike)
+
+    def _tshark_round(self, ike: str) -> None:
+        charon = self.start_charon(swanctl_responder(ike))
+        pcap = self.dir / f"ike-{ike}.pcap"
+        capture = Capture(self.ns.a, self.ns.veth_a, pcap)
+        self.addCleanup(capture.stop)
+        driver, up, child = self._initiate(ike, inner=VIP)
+        driver.send(f"ping 2 {INNER_B}")
+        driver.wait("pong", 10, count=2)
+        driver.send("rekey-child")
+        driver.wait("child_down", 10)
+        charon.swanctl("--rekey", "--child", "net")
+        driver.wait("child_down", 10, count=2)
+        driver.send("rekey-ike")
+        rekeyed = driver.wait("ike_rekeyed", 10)
+        driver.send("liveness")
+        charon.wait_log(r"parsed INFORMATIONAL request 0 \[ \]", 10)
+        driver.send("delete")
+        driver.wait("ike_down", 10)
+        time.sleep(0.5)
+        capture.stop()
+        driver.stop()
+        charon.stop()
+        rows = [
+            ikev2_uat_row(up["spi_i"], up["spi_r"], up["keys"], ike),
+            ikev2_uat_row(rekeyed["spi_i"], rekeyed["spi_r"], rekeyed["keys"], ike),
+        ]
+        frames = self.tshark_ike(pcap, rows)
+        encrypted = [f for f in frames if f["exchange"] in ("35", "36", "37")]
+        self.assertGreaterEqual(len(encrypted), 14, frames)
+        for f in frames:
+            self.assertEqual(f["malformed"], "", f)
+            self.assertEqual(f["integrity"], "", f)
+            self.assertNotIn(str(0x00800000), f["severity"].split(","), f)
+        for f in encrypted:
+            # Decrypted: the pad length inside the Encrypted payload is there
+            # (0 with AES-GCM, which needs no padding).
+            self.assertNotEqual(f["pad_length"], "", f)
+            if "gcm" in ike:
+                self.assertEqual(f["pad_length"], "0", f)
+
+        def find(exchange: int, response: bool, spi_i: str) -> list[dict[str, str]]:
+            return [
+                f for f in encrypted
+                if f["exchange"] == str(exchange) and (f["response"] == "1") == response
+                and f["spi_i"] == spi_i
+            ]
+
+        (auth_req,) = find(35, False, up["spi_i"])
+        for payload in ("35", "39", "47", "33", "44", "45"):  # IDi AUTH CP SA TSi TSr
+            self.assertIn(payload, auth_req["payloads"].split(","), auth_req)
+        self.assertIn(ID_OURS, auth_req["fqdn"])
+        self.assertIn("2", auth_req["auth"].split(","))
+        (auth_resp,) = find(35, True, up["spi_i"])
+        for payload in ("36", "39", "47", "33", "44", "45"):  # IDr AUTH CP SA TSi TSr
+            self.assertIn(payload, auth_resp["payloads"].split(","), auth_resp)
+        self.assertIn(ID_SWAN, auth_resp["fqdn"])
+        self.assertIn(INNER_B, auth_resp["ts"])
+        # CHILD_SA rekeys, both ways: N(REKEY_SA) (16393), SA, Nonce, TSi, TSr.
+        child_rekeys = [f for f in find(36, False, up["spi_i"]) if "16393" in f["notify"]]
+        self.assertEqual(len(child_rekeys), 2, encrypted)
+        for f in child_rekeys:
+            for payload in ("41", "33", "40", "44", "45"):
+                self.assertIn(payload, f["payloads"].split(","), f)
+        # The IKE SA rekey: SA (protocol IKE), Nonce, KE; then Delete of the old IKE SA.
+        (ike_rekey,) = [f for f in find(36, False, up["spi_i"]) if "16393" not in f["notify"]]
+        self.assertEqual(
+            [p for p in ike_rekey["payloads"].split(",") if p in ("33", "40", "34")],
+            ["33", "40", "34"], ike_rekey,
+        )
+        deletes = [f for f in find(37, False, up["spi_i"]) if "42" in f["payloads"]]
+        self.assertEqual(sorted(f["delete_proto"] for f in deletes), ["1", "3", "3"], deletes)
+        # On the new IKE SA: the liveness check and the final Delete, both answered.
+        self.assertEqual(len(find(37, False, rekeyed["spi_i"])), 2)
+        self.assertEqual(len(find(37, True, rekeyed["spi_i"])), 2)
+        # A wrong SK_er: tshark opens nothing strongSwan (the original
+        # responder, I=0) sent on the first IKE SA, and everything we sent.
+        bad = dict(up["keys"])
+        bad["sk_er"] = ("00" if bad["sk_er"][:2] != "00" else "11") + bad["sk_er"][2:]
+        frames = self.tshark_ike(pcap, [ikev2_uat_row(up["spi_i"], up["spi_r"], bad, ike)])
+        first_sa = [
+            f for f in frames
+            if f["exchange"] in ("35", "36", "37")
+            and f["spi_i"] == up["spi_i"] and f["spi_r"] == up["spi_r"]
+        ]
+        theirs = [f for f in first_sa if f["initiator"] == "0"]
+        ours = [f for f in first_sa if f["initiator"] == "1"]
+        self.assertTrue(theirs and ours)
+        for f in theirs:
+            # AES-GCM fails its ICV; AES-CBC (the HMAC key is right) yields garbage.
+            self.assertNotIn("39", f["payloads"].split(","), f)
+            self.assertTrue(
+                f["pad_length"] == "" or f["integrity"] != "" or f["malformed"] != "", f
+            )
+        for f in ours:
+            self.assertNotEqual(f["pad_length"], "", f)
+
+    def tshark_ike(self, pcap: Path, rows: list[str]) -> list[dict[str, str]]:
+        """Every IKE frame of ``pcap`` as tshark dissects it with these decryption rows."""
+        fields = {
+            "frame": "frame.number",
+            "spi_i": "isakmp.ispi",
+            "spi_r": "isakmp.rspi",
+            "exchange": "isakmp.exchangetype",
+            "response": "isakmp.flag_r",
+            "initiator": "isakmp.flag_i",
+            "payloads": "isakmp.typepayload",
+            "notify": "isakmp.notify.msgtype",
+            "fqdn": "isakmp.id.data.fqdn",
+            "auth": "isakmp.auth.method",
+            "ts": "isakmp.ts.start_ipv4",
+            "delete_proto": "isakmp.delete.protoid",
+            "pad_length": "isakmp.enc.pad_length",
+            "integrity": "isakmp.ikev2.integrity_checksum",
+            "malformed": "_ws.malformed",
+            "severity": "_ws.expert.severity",
+        }
+        cmd = ["tshark", "-r", str(pcap), "-Y", "isakmp", "-T", "fields", "-E", "separator=/t"]
+        for row in rows:
+            cmd += ["-o", f"uat:ikev2_decryption_table:{row}"]
+        for name in fields.values():
+            cmd += ["-e", name]
+        r = _run(cmd, timeout=60)
+        frames = []
+        for line in r.stdout.splitlines():
+            values = line.split("\t")
+            frames.append(dict(zip(fields, values, strict=True)))
+        return frames
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "--ping":
-        sys.exit(ping_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), 3.0))
+        interval = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+        sys.exit(ping_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), 3.0, interval))
     sys.exit(driver_main(json.loads(sys.argv[1])))

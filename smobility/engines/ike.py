@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_ike -*-
-"""The IKEv2 engine (RFC 7296): IKE SAs and their first CHILD_SA, both roles, sans I/O.
+"""The IKEv2 engine (RFC 7296): IKE SAs and their CHILD_SA, both roles, sans I/O.
 
 Shape (aioquic's, with Twisted's injected clock)::
 
@@ -52,11 +52,21 @@ What it does:
 - INFORMATIONAL: Delete (IKE and ESP) and liveness (empty), both ways, with
   retransmission (exponential backoff), a message-ID window of one, and a
   repeated request answered from the stored reply;
-- CREATE_CHILD_SA is refused with NO_ADDITIONAL_SAS (rekeying is not done
-  yet: configure the peer without rekeying, and re-establish instead).
+- CREATE_CHILD_SA rekeying (sections 1.3.2, 1.3.3, 2.8, 2.18), both ways:
+  the CHILD_SA by its soft lifetime or on request (:meth:`IKEEngine.rekey_child`,
+  for a data plane whose sequence space runs out), with PFS if configured;
+  make before break (the new inbound SA goes in before the answer leaves,
+  the old one goes only after the Delete exchange; see :class:`ChildSA`);
+  simultaneous rekeys settled by the nonces (2.8.1, 2.8.2); the IKE SA with
+  SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), its CHILD_SA moved to
+  the new one and the old one deleted; TEMPORARY_FAILURE, CHILD_SA_NOT_FOUND
+  and INVALID_KE_PAYLOAD as section 2.25 asks; a refused rekey is retried,
+  the old SA working meanwhile.  One CHILD_SA per IKE SA: a CREATE_CHILD_SA
+  for another one gets NO_ADDITIONAL_SAS (unless the IKE SA has none left).
 
-Events (:class:`IKESAUp`, :class:`IKESADown`, :class:`ChildSAUp`,
-:class:`ChildSADown`, :class:`IKEFailed`) go to ``on_event``.
+Events (:class:`IKESAUp`, :class:`IKESADown`, :class:`IKESARekeyed`,
+:class:`ChildSAUp`, :class:`ChildSADown`, :class:`ChildSARekeyed`,
+:class:`IKEFailed`) go to ``on_event``.
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ import hmac
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from ipaddress import IPv4Address
 from typing import Final, NamedTuple
@@ -240,12 +250,16 @@ class ESPSuite:
             raise ValueError(f"ESP proposal {text!r} is not aes128gcm16 or aes256gcm16")
         return cls(128 if tokens[0] == "aes128gcm16" else 256)
 
-    def transforms(self) -> tuple[Transform, ...]:
-        """The transforms of this suite, as a proposal carries them."""
-        return (
-            Transform.make(ikev2.TRANSFORM_ENCR, self.encr, self.key_bits),
-            Transform.make(ikev2.TRANSFORM_ESN, ikev2.ESN_NO),
-        )
+    def transforms(self, dh: int | None = None) -> tuple[Transform, ...]:
+        """The transforms of this suite, as a proposal carries them.
+
+        ``dh``: a Diffie-Hellman group for PFS (CREATE_CHILD_SA only).
+        """
+        out = [Transform.make(ikev2.TRANSFORM_ENCR, self.encr, self.key_bits)]
+        if dh is not None:
+            out.append(Transform.make(ikev2.TRANSFORM_DH, dh))
+        out.append(Transform.make(ikev2.TRANSFORM_ESN, ikev2.ESN_NO))
+        return tuple(out)
 
     @property
     def keymat_length(self) -> int:
@@ -303,8 +317,13 @@ def match_ike(p: Proposal, suite: IKESuite) -> bool:
     return _has(p, ikev2.TRANSFORM_INTEG, suite.integ)
 
 
-def match_esp(p: Proposal, suite: ESPSuite) -> bool:
-    """True if proposal ``p`` (protocol ESP) offers ``suite`` without ESN and without PFS."""
+def match_esp(p: Proposal, suite: ESPSuite, *, allow_dh: bool = False) -> bool:
+    """True if proposal ``p`` (protocol ESP) offers ``suite`` without ESN.
+
+    Without ``allow_dh`` (IKE_AUTH) it must also do without PFS; with it
+    (CREATE_CHILD_SA) the caller looks at the DH transforms itself
+    (:func:`esp_groups`).
+    """
     if p.protocol != ikev2.PROTO_ESP or len(p.spi) != 4:
         return False
     if not _has(p, ikev2.TRANSFORM_ENCR, suite.encr, suite.key_bits):
@@ -315,8 +334,25 @@ def match_esp(p: Proposal, suite: ESPSuite) -> bool:
     esns = p.of_type(ikev2.TRANSFORM_ESN)
     if esns and not _has(p, ikev2.TRANSFORM_ESN, ikev2.ESN_NO):
         return False
+    if allow_dh:
+        return True
     groups = p.of_type(ikev2.TRANSFORM_DH)
     # A DH transform in IKE_AUTH's child proposal is ignored if NONE is offered.
+    return not groups or _has(p, ikev2.TRANSFORM_DH, ikev2.DH_NONE)
+
+
+def esp_groups(p: Proposal) -> tuple[int, ...]:
+    """The Diffie-Hellman groups (other than NONE) an ESP proposal offers for PFS."""
+    return tuple(
+        t.id
+        for t in p.of_type(ikev2.TRANSFORM_DH)
+        if t.id != ikev2.DH_NONE and not t.has_unknown_attributes
+    )
+
+
+def esp_without_pfs(p: Proposal) -> bool:
+    """True if an ESP proposal can do without PFS: no DH transform, or NONE among them."""
+    groups = p.of_type(ikev2.TRANSFORM_DH)
     return not groups or _has(p, ikev2.TRANSFORM_DH, ikev2.DH_NONE)
 
 
@@ -434,6 +470,15 @@ class IKEConfig:
     Times are seconds.  Retransmission waits ``retransmit_timeout``, then
     doubles it for each retry up to ``retransmit_tries`` sends in all; the
     SA is given up after the last wait.
+
+    Rekeying (section 2.8): ``child_rekey_time`` is the soft lifetime of a
+    CHILD_SA, ``ike_rekey_time`` that of an IKE SA (``None``: only on
+    request, :meth:`IKEEngine.rekey_child`, :meth:`IKEEngine.rekey_ike_sa`);
+    each is shortened by a random fraction up to ``rekey_jitter`` (0 to 1) so
+    that two peers with the same settings rarely collide (2.8.1).  A refused
+    or failed rekey is tried again after ``rekey_retry`` (``None``: never),
+    the old SA working meanwhile.  ``pfs``: CHILD_SA rekeys carry a KE of
+    the IKE SA's group (as initiator), and are required to (as responder).
     """
 
     local_id: Identity
@@ -456,6 +501,11 @@ class IKEConfig:
     certificate: x509.Certificate | None = None
     private_key: ikecrypto.PrivateKey | None = None
     trust_anchors: Sequence[x509.Certificate] = ()
+    child_rekey_time: float | None = None
+    ike_rekey_time: float | None = None
+    rekey_jitter: float = 0.0
+    rekey_retry: float | None = 10.0
+    pfs: bool = False
 
     def peer_for(self, identity: Identity) -> PeerConfig | None:
         """The configured peer with this identity, else a certificate peer without one."""
@@ -495,7 +545,16 @@ class ChildSA:
     :meth:`smobility.wire.esp.InboundSA.from_keymat` and
     :meth:`~smobility.wire.esp.OutboundSA.from_keymat`.  ``internal_address``
     is the initiator's inner address from CP (ours as initiator, the peer's
-    as responder), or ``None``.
+    as responder), or ``None``.  ``ike_spis`` names the IKE SA it belongs to
+    (after an IKE SA rekey the engine's copy names the new one).
+
+    A CHILD_SA made by a rekey has ``replaces``: the inbound SPI of the
+    CHILD_SA it replaces (which stays installed until its
+    :class:`ChildSADown`); ``pfs_group`` is the DH group of that exchange,
+    or ``None`` without PFS.  Make before break: install its inbound SA at
+    once, next to the old one; send with its outbound SA from
+    :class:`ChildSARekeyed` on (at once when we initiated the rekey, when
+    the old one is deleted when the peer did).
     """
 
     inbound_spi: int
@@ -510,11 +569,14 @@ class ChildSA:
     ike_spis: tuple[bytes, bytes]
     suite: ESPSuite
     internal_address: IPv4Address | None = None
+    replaces: int | None = None
+    pfs_group: int | None = None
 
     def __repr__(self) -> str:
+        rekey = f" replaces=0x{self.replaces:08x}" if self.replaces is not None else ""
         return (
             f"<ChildSA in=0x{self.inbound_spi:08x} out=0x{self.outbound_spi:08x} "
-            f"{self.suite} peer={self.peer_addr[0]}:{self.peer_addr[1]} (keys hidden)>"
+            f"{self.suite}{rekey} peer={self.peer_addr[0]}:{self.peer_addr[1]} (keys hidden)>"
         )
 
 
@@ -555,11 +617,39 @@ class ChildSADown:
 
 
 @dataclass(frozen=True)
+class ChildSARekeyed:
+    """``new`` replaces ``old``: send with ``new``'s outbound SA from now on.
+
+    ``old``'s inbound SA still takes packets until its :class:`ChildSADown`
+    (reason ``rekeyed``).
+    """
+
+    old: ChildSA
+    new: ChildSA
+
+
+@dataclass(frozen=True)
+class IKESARekeyed:
+    """The IKE SA ``old_spi_i``/``old_spi_r`` was rekeyed: its CHILD_SAs now belong to the new one.
+
+    The old IKE SA goes away without an :class:`IKESADown`.
+    """
+
+    old_spi_i: bytes
+    old_spi_r: bytes
+    spi_i: bytes
+    spi_r: bytes
+    peer_id: Identity | None
+    suite: IKESuite
+
+
+@dataclass(frozen=True)
 class IKEFailed:
     """An exchange failed: ``notify`` is the error notify type sent or received, if any.
 
     ``child_only`` is true when the IKE SA itself is up but its CHILD_SA was
-    refused.
+    refused.  ``rekey`` is true for a rekey that failed: the old SA goes on
+    (and the rekey is tried again after :attr:`IKEConfig.rekey_retry`).
     """
 
     spi_i: bytes
@@ -568,9 +658,12 @@ class IKEFailed:
     reason: str
     notify: int | None = None
     child_only: bool = False
+    rekey: bool = False
 
 
-IKEEvent = IKESAUp | IKESADown | ChildSAUp | ChildSADown | IKEFailed
+IKEEvent = (
+    IKESAUp | IKESADown | IKESARekeyed | ChildSAUp | ChildSADown | ChildSARekeyed | IKEFailed
+)
 
 
 # ---------------------------------------------------------------------------
@@ -586,12 +679,75 @@ class State(Enum):
     HALF_OPEN = "half-open"
     ESTABLISHED = "established"
     DELETING = "deleting"
+    REKEYED = "rekeyed"
+    """Replaced by a rekey (or a collision's redundant SA): no longer used, waiting for Delete."""
     DEAD = "dead"
+
+
+class ChildState(Enum):
+    """Where one CHILD_SA stands (:meth:`IKEEngine.child_state`)."""
+
+    INSTALLED = "installed"
+    REKEYING = "rekeying"
+    """Our CREATE_CHILD_SA to rekey it is queued or under way."""
+    PENDING = "pending"
+    """Made answering the peer's rekey: inbound in use, outbound from the old one's Delete on."""
+    REPLACED = "replaced"
+    """The peer rekeyed it: waiting for the peer's Delete."""
+    REKEYED = "rekeyed"
+    """We rekeyed it: our Delete is on its way."""
+    REDUNDANT = "redundant"
+    """The losing SA of a rekey collision (section 2.8.1): being deleted."""
+
+
+@dataclass
+class _Child:
+    child: ChildSA
+    state: ChildState
+    rekey_at: float | None = None
+    deadline: float | None = None
+    # Answering the peer's rekey of this child while ours was under way: the
+    # child we made then, and that exchange's nonces (section 2.8.1).
+    collision: tuple[int, bytes, bytes] | None = None
+
+
+@dataclass
+class _RekeyChild:
+    """Our CREATE_CHILD_SA rekeying ``old``."""
+
+    old: ChildSA
+    new_spi: int
+    nonce: bytes
+    dh: ikecrypto.DHPrivate | None
+    suite: ESPSuite
+    ts_i: tuple[TrafficSelector, ...]
+    ts_r: tuple[TrafficSelector, ...]
+    ke_tries: int = 0
+    # The peer deleted ``old`` meanwhile; ``superseded``: a child of its
+    # rekey took over, so ours is redundant.
+    gone: bool = False
+    superseded: bool = False
+
+
+@dataclass
+class _RekeyIKE:
+    """Our CREATE_CHILD_SA rekeying the IKE SA."""
+
+    new_spi: bytes
+    nonce: bytes
+    dh: ikecrypto.DHPrivate
+    suites: tuple[IKESuite, ...]
+    ke_tries: int = 0
+
+
+_Context = _RekeyChild | _RekeyIKE | None
 
 
 @dataclass
 class _Request:
-    kind: str  # "init", "auth", "delete", "liveness", "delete-child", "auth-failed"
+    # "init", "auth", "delete", "liveness", "delete-child", "auth-failed",
+    # "rekey-child", "rekey-ike", "delete-rekeyed", "delete-redundant"
+    kind: str
     message_id: int
     data: bytes
     remote: tuple[str, int]
@@ -601,6 +757,15 @@ class _Request:
     tries: int = 1
     retransmit: bool = True
     child_spi: int | None = None
+    ctx: _Context = None
+
+
+class _Queued(NamedTuple):
+    kind: str
+    exchange: int
+    inner: tuple[Payload, ...]
+    child_spi: int | None
+    ctx: _Context
 
 
 @dataclass(repr=False)
@@ -636,11 +801,18 @@ class IKESA:
     next_peer_id: int = 0
     last_response: tuple[int, bytes] | None = None
     outstanding: _Request | None = None
-    queued: list[tuple[str, int, tuple[Payload, ...], int | None]] = field(default_factory=list)
+    queued: list[_Queued] = field(default_factory=list)
     children: list[ChildSA] = field(default_factory=list)
     child_inbound_spi: int = 0
     last_heard: float = 0.0
     expires: float | None = None
+    child_info: dict[int, _Child] = field(default_factory=dict)
+    rekey_at: float | None = None
+    ike_rekey: _RekeyIKE | None = None
+    # Answering the peer's IKE SA rekey while ours was under way: the SA we
+    # made then, and that exchange's nonces (section 2.8.2).
+    ike_collision: tuple[IKESA, bytes, bytes] | None = None
+    internal_address: IPv4Address | None = None
 
     @property
     def our_spi(self) -> bytes:
@@ -655,11 +827,19 @@ class IKESA:
 class _Refuse(Exception):
     """Refuse a request with one error notify (internal)."""
 
-    def __init__(self, notify: int, reason: str, data: bytes = b"") -> None:
+    def __init__(
+        self, notify: int, reason: str, data: bytes = b"", protocol: int = 0, spi: bytes = b""
+    ) -> None:
         super().__init__(reason)
         self.notify = notify
         self.reason = reason
         self.data = data
+        self.protocol = protocol
+        self.spi = spi
+
+    def payload(self) -> Notify:
+        """The error notify to send."""
+        return Notify(self.notify, self.data, self.protocol, self.spi)
 
 
 # ---------------------------------------------------------------------------
@@ -784,15 +964,26 @@ class IKEEngine:
                 and sa.outstanding is None
             ):
                 times.append(sa.last_heard + self.config.dpd_interval)
+            if sa.state is State.ESTABLISHED:
+                if sa.rekey_at is not None and sa.ike_rekey is None:
+                    times.append(sa.rekey_at)
+                for info in sa.child_info.values():
+                    if info.state is ChildState.INSTALLED and info.rekey_at is not None:
+                        times.append(info.rekey_at)
+                    if info.deadline is not None:
+                        times.append(info.deadline)
         return min(times) if times else None
 
     def handle_timer(self) -> None:
-        """Retransmit, give up, expire half-open SAs and check liveness, as due now."""
+        """Retransmit, give up, expire half-open SAs, check liveness and rekey, as due now."""
         now = self.clock.seconds()
         for sa in list(self.sas.values()):
+            if sa.state is State.DEAD and sa.our_spi not in self.sas:
+                continue  # forgotten earlier in this loop
             if sa.expires is not None and now >= sa.expires:
+                rekeyed = sa.state is State.REKEYED
                 self._forget(sa)
-                self._count("half_open_expired")
+                self._count("rekeyed_expired" if rekeyed else "half_open_expired")
                 continue
             req = sa.outstanding
             if req is not None and req.retransmit and now >= req.deadline:
@@ -810,6 +1001,8 @@ class IKEEngine:
                 and now >= sa.last_heard + self.config.dpd_interval
             ):
                 self._request(sa, "liveness", ikev2.INFORMATIONAL, ())
+            if sa.state is State.ESTABLISHED and self.sas.get(sa.our_spi) is sa:
+                self._rekey_timers(sa, now)
 
     def delete_ike_sa(self, sa: IKESA) -> None:
         """Send INFORMATIONAL Delete for the IKE SA; its children go down at once."""
@@ -821,10 +1014,16 @@ class IKEEngine:
         self._request(sa, "delete", ikev2.INFORMATIONAL, (Delete(ikev2.PROTO_IKE),))
 
     def delete_child_sa(self, sa: IKESA, child: ChildSA) -> None:
-        """Send INFORMATIONAL Delete for one CHILD_SA; it goes down at once."""
-        if child not in sa.children:
+        """Send INFORMATIONAL Delete for one CHILD_SA; it goes down at once.
+
+        A CHILD_SA that replaces it after the peer's rekey takes over first.
+        """
+        successor = self._pending_successor(sa, child.inbound_spi)
+        if child.inbound_spi not in sa.child_info:
             return
-        sa.children.remove(child)
+        if successor is not None:
+            self._activate(sa, successor, child)
+        self._remove_child(sa, child.inbound_spi)
         self._emit(ChildSADown(child, "deleted"))
         self._request(
             sa,
@@ -837,6 +1036,47 @@ class IKEEngine:
         """Send an empty INFORMATIONAL request; no answer after the retries kills the SA."""
         if sa.state is State.ESTABLISHED:
             self._request(sa, "liveness", ikev2.INFORMATIONAL, ())
+
+    def rekey_child(self, spi: int, *, outbound: bool = True) -> bool:
+        """Rekey the CHILD_SA whose outbound SPI (or inbound, if not ``outbound``) is ``spi``.
+
+        For the data plane, when an SA's sequence space nears its end
+        (:attr:`smobility.wire.esp.OutboundSA.needs_rekey`).  Returns
+        ``True`` if a rekey was started or is already under way, ``False``
+        if no such CHILD_SA can be rekeyed (unknown, or already replaced).
+        """
+        for sa in self.sas.values():
+            if sa.state is not State.ESTABLISHED:
+                continue
+            for info in sa.child_info.values():
+                ours = info.child.outbound_spi if outbound else info.child.inbound_spi
+                if ours != spi:
+                    continue
+                if info.state is ChildState.REKEYING:
+                    return True
+                if info.state is ChildState.INSTALLED:
+                    self._start_child_rekey(sa, info)
+                    return True
+                return False
+        return False
+
+    def rekey_ike_sa(self, sa: IKESA) -> bool:
+        """Rekey the IKE SA (section 2.18).
+
+        ``False`` if it is not established or a rekey is already under way.
+        """
+        if sa.state is not State.ESTABLISHED or sa.ike_rekey is not None:
+            return False
+        self._start_ike_rekey(sa)
+        return True
+
+    def child_state(self, inbound_spi: int) -> ChildState | None:
+        """The state of the CHILD_SA with this inbound SPI, or ``None``."""
+        for sa in self.sas.values():
+            info = sa.child_info.get(inbound_spi)
+            if info is not None:
+                return info.state
+        return None
 
     def established(self) -> list[IKESA]:
         """The established IKE SAs."""
@@ -869,15 +1109,26 @@ class IKEEngine:
         if self.on_event is not None:
             self.on_event(event)
 
+    def _contexts(self) -> list[_RekeyChild | _RekeyIKE]:
+        """The rekeys under way or queued, on every IKE SA."""
+        out: list[_RekeyChild | _RekeyIKE] = []
+        for sa in self.sas.values():
+            if sa.outstanding is not None and sa.outstanding.ctx is not None:
+                out.append(sa.outstanding.ctx)
+            out += [q.ctx for q in sa.queued if q.ctx is not None]
+        return out
+
     def _new_ike_spi(self) -> bytes:
+        pending = {c.new_spi for c in self._contexts() if isinstance(c, _RekeyIKE)}
         while True:
             spi = self._random(8)
-            if spi[:4] != NON_ESP_MARKER and spi not in self.sas:
+            if spi[:4] != NON_ESP_MARKER and spi not in self.sas and spi not in pending:
                 return spi
 
     def _new_child_spi(self) -> int:
         used = {c.inbound_spi for sa in self.sas.values() for c in sa.children}
         used |= {sa.child_inbound_spi for sa in self.sas.values()}
+        used |= {c.new_spi for c in self._contexts() if isinstance(c, _RekeyChild)}
         while True:
             spi: int = struct.unpack("!I", self._random(4))[0]
             if spi >= 256 and spi not in used:
@@ -899,8 +1150,17 @@ class IKEEngine:
 
     def _children_down(self, sa: IKESA, reason: str) -> None:
         children, sa.children = sa.children, []
+        sa.child_info = {}
         for child in children:
             self._emit(ChildSADown(child, reason))
+
+    def _remove_child(self, sa: IKESA, inbound_spi: int) -> ChildSA | None:
+        info = sa.child_info.pop(inbound_spi, None)
+        for child in sa.children:
+            if child.inbound_spi == inbound_spi:
+                sa.children.remove(child)
+                return child
+        return info.child if info is not None else None
 
     def _down(self, sa: IKESA, reason: str) -> None:
         was_up = sa.state in (State.ESTABLISHED, State.DELETING)
@@ -920,7 +1180,9 @@ class IKEEngine:
 
     def _give_up(self, sa: IKESA, req: _Request) -> None:
         self._count("timeouts")
-        if sa.state in (State.ESTABLISHED, State.DELETING):
+        if sa.state is State.REKEYED:
+            self._forget(sa)  # its children live on in the new IKE SA
+        elif sa.state in (State.ESTABLISHED, State.DELETING):
             self._down(sa, "timeout" if req.kind != "delete" else "deleted")
         else:
             self._fail(sa, f"no answer to {req.kind} after {req.tries} tries")
@@ -940,15 +1202,16 @@ class IKEEngine:
         exchange: int,
         inner: tuple[Payload, ...],
         child_spi: int | None = None,
+        ctx: _Context = None,
     ) -> None:
         if sa.outstanding is not None:
-            sa.queued.append((kind, exchange, inner, child_spi))
+            sa.queued.append(_Queued(kind, exchange, inner, child_spi, ctx))
             return
         mid = sa.next_request_id
         sa.next_request_id += 1
         assert sa.sk_out is not None
         data = ikecrypto.seal_message(sa.sk_out, self._header(sa, exchange, mid, False), inner)
-        self._start_request(sa, kind, mid, data, child_spi=child_spi)
+        self._start_request(sa, kind, mid, data, child_spi=child_spi, ctx=ctx)
 
     def _start_request(
         self,
@@ -959,6 +1222,7 @@ class IKEEngine:
         *,
         retransmit: bool = True,
         child_spi: int | None = None,
+        ctx: _Context = None,
     ) -> None:
         nat_t = sa.local[1] == self.config.nat_t_port
         req = _Request(
@@ -971,14 +1235,36 @@ class IKEEngine:
             self.clock.seconds() + self.config.retransmit_timeout,
             retransmit=retransmit,
             child_spi=child_spi,
+            ctx=ctx,
         )
         sa.outstanding = req if retransmit else None
         self._out.append(Datagram(data, sa.remote, sa.local, nat_t))
 
     def _next_queued(self, sa: IKESA) -> None:
-        if sa.outstanding is None and sa.queued and sa.state in (State.ESTABLISHED, State.DELETING):
-            kind, exchange, inner, child_spi = sa.queued.pop(0)
-            self._request(sa, kind, exchange, inner, child_spi)
+        while (
+            sa.outstanding is None
+            and sa.queued
+            and sa.state in (State.ESTABLISHED, State.DELETING)
+            and self.sas.get(sa.our_spi) is sa
+        ):
+            q = sa.queued.pop(0)
+            if self._still_wanted(sa, q):
+                self._request(sa, q.kind, q.exchange, q.inner, q.child_spi, q.ctx)
+
+    def _still_wanted(self, sa: IKESA, q: _Queued) -> bool:
+        """Whether a queued request still makes sense (things change while it waits)."""
+        if isinstance(q.ctx, _RekeyChild):
+            info = sa.child_info.get(q.ctx.old.inbound_spi)
+            return (
+                sa.state is State.ESTABLISHED
+                and info is not None
+                and info.state is ChildState.REKEYING
+            )
+        if isinstance(q.ctx, _RekeyIKE):
+            return sa.state is State.ESTABLISHED and sa.ike_rekey is q.ctx
+        if q.kind in ("delete-rekeyed", "delete-redundant"):
+            return q.child_spi is not None and q.child_spi in sa.child_info
+        return True
 
     def _nat_d(self, sa: IKESA, remote: tuple[str, int], local: tuple[str, int]) -> list[Notify]:
         spi_r = sa.spi_r if sa.role is Role.RESPONDER else bytes(8)
@@ -1089,9 +1375,16 @@ class IKEEngine:
         sa.local = (sa.local[0], self.config.nat_t_port)
         self._send_auth_request(sa)
 
-    def _derive(self, sa: IKESA, suite: IKESuite, shared: bytes) -> None:
+    def _derive(
+        self, sa: IKESA, suite: IKESuite, shared: bytes, old: IKESA | None = None
+    ) -> None:
         prf = Prf(suite.prf)
-        seed = ikecrypto.skeyseed(prf, sa.ni, sa.nr, shared)
+        if old is None:
+            seed = ikecrypto.skeyseed(prf, sa.ni, sa.nr, shared)
+        else:
+            # A rekey (section 2.18): the old SA's prf and SK_d make SKEYSEED.
+            assert old.prf is not None and old.keys is not None
+            seed = ikecrypto.rekey_skeyseed(old.prf, old.keys.sk_d, shared, sa.ni, sa.nr)
         keys = ikecrypto.derive_ike_keys(
             prf,
             seed,
@@ -1248,6 +1541,7 @@ class IKEEngine:
         sa.state = State.ESTABLISHED
         sa.remote = addr
         sa.last_heard = self.clock.seconds()
+        sa.rekey_at = self._lifetime(self.config.ike_rekey_time)
         assert sa.suite is not None
         self._emit(IKESAUp(sa.spi_i, sa.spi_r, sa.peer_id, sa.remote, sa.suite))
         log.info(
@@ -1330,6 +1624,7 @@ class IKEEngine:
             inbound, outbound, local_ts, remote_ts = r_to_i, i_to_r, ts_i, ts_r
         else:
             inbound, outbound, local_ts, remote_ts = i_to_r, r_to_i, ts_r, ts_i
+        sa.internal_address = internal
         return ChildSA(
             inbound_spi=sa.child_inbound_spi,
             inbound_keymat=inbound,
@@ -1345,16 +1640,28 @@ class IKEEngine:
             internal_address=internal,
         )
 
-    def _install(self, sa: IKESA, child: ChildSA) -> None:
+    def _install(
+        self,
+        sa: IKESA,
+        child: ChildSA,
+        state: ChildState = ChildState.INSTALLED,
+        deadline: float | None = None,
+    ) -> _Child:
         sa.children.append(child)
+        info = _Child(child, state, deadline=deadline)
+        if state is ChildState.INSTALLED:
+            info.rekey_at = self._lifetime(self.config.child_rekey_time)
+        sa.child_info[child.inbound_spi] = info
         log.info(
-            "IKE: CHILD_SA {i:08x}_i {o:08x}_o {suite} {l} === {r}", i=child.inbound_spi,
+            "IKE: CHILD_SA {i:08x}_i {o:08x}_o {suite} {l} === {r}{how}", i=child.inbound_spi,
             o=child.outbound_spi, suite=str(child.suite),
             l=", ".join(map(str, child.local_ts)), r=", ".join(map(str, child.remote_ts)),
+            how=f" (rekey of {child.replaces:08x}_i)" if child.replaces is not None else "",
         )
         if self.on_child_sa is not None:
             self.on_child_sa(child)
         self._emit(ChildSAUp(child))
+        return info
 
     # -- responses in general --------------------------------------------
 
@@ -1408,10 +1715,18 @@ class IKEEngine:
         if req.kind == "delete":
             self._down(sa, "deleted")
             return
-        if req.kind == "delete-child":
+        if req.kind == "rekey-child":
+            self._rekey_child_response(sa, msg, req)
             self._next_queued(sa)
             return
-        # Liveness: the answer is all we wanted.
+        if req.kind == "rekey-ike":
+            self._rekey_ike_response(sa, msg, req)
+            return
+        if req.kind in ("delete-rekeyed", "delete-redundant") and req.child_spi is not None:
+            child = self._remove_child(sa, req.child_spi)
+            if child is not None:
+                self._emit(ChildSADown(child, req.kind[len("delete-"):]))
+        # delete-child, liveness: the answer is all we wanted.
         self._next_queued(sa)
 
     # -- requests in general -----------------------------------------------
@@ -1474,13 +1789,13 @@ class IKEEngine:
                 return
             self._auth_request(sa, header, msg, addr, local)
             return
-        if sa.state not in (State.ESTABLISHED, State.DELETING):
+        if sa.state not in (State.ESTABLISHED, State.DELETING, State.REKEYED):
             self._count("unexpected_request")
             return
         if header.exchange == ikev2.INFORMATIONAL:
             self._informational(sa, header, msg, addr, local)
         elif header.exchange == ikev2.CREATE_CHILD_SA:
-            self._respond(sa, header, addr, local, (Notify(ikev2.N_NO_ADDITIONAL_SAS),))
+            self._create_child_sa(sa, header, msg, addr, local)
         else:
             self._count("unexpected_request")
 
@@ -1511,6 +1826,9 @@ class IKEEngine:
         deletes = ikev2.find_all(msg.payloads, Delete)
         if any(d.protocol == ikev2.PROTO_IKE for d in deletes):
             self._respond(sa, header, addr, local, ())
+            if sa.ike_collision is not None and sa.state is State.ESTABLISHED:
+                # The peer won an IKE SA rekey collision before our answer came.
+                self._adopt(sa, sa.ike_collision[0])
             self._down(sa, "peer-deleted")
             return
         reply: list[Payload] = []
@@ -1520,11 +1838,10 @@ class IKEEngine:
                 continue
             for spi_b in d.spis:
                 (spi,) = struct.unpack("!I", spi_b)
-                for child in list(sa.children):
-                    if child.outbound_spi == spi:
-                        sa.children.remove(child)
-                        ours.append(struct.pack("!I", child.inbound_spi))
-                        self._emit(ChildSADown(child, "peer-deleted"))
+                for info in list(sa.child_info.values()):
+                    if info.child.outbound_spi == spi:
+                        ours.append(struct.pack("!I", info.child.inbound_spi))
+                        self._peer_deleted_child(sa, info)
         if ours:
             reply.append(Delete(ikev2.PROTO_ESP, tuple(ours)))
         for n in msg.notifies():
@@ -1741,6 +2058,7 @@ class IKEEngine:
             inner.append(Notify(e.notify, e.data))
         sa.state = State.ESTABLISHED
         sa.expires = None
+        sa.rekey_at = self._lifetime(self.config.ike_rekey_time)
         self._respond(sa, header, addr, local, inner)
         assert sa.suite is not None
         self._emit(IKESAUp(sa.spi_i, sa.spi_r, sa.peer_id, sa.remote, sa.suite))
@@ -1805,11 +2123,9 @@ class IKEEngine:
                 if any(a.type == ikev2.CFG_INTERNAL_IP4_DNS for a in cp.attributes):
                     attrs += [CPAttribute(ikev2.CFG_INTERNAL_IP4_DNS, d.packed) for d in peer.dns]
                 payloads.append(CP(ikev2.CFG_REPLY, tuple(attrs)))
-        remote_allowed = peer.remote_ts
-        if peer.internal_address is not None:
-            remote_allowed = ts_narrow(remote_allowed, (ts_host(peer.internal_address),))
+        local_allowed, remote_allowed = self._allowed_ts(peer)
         ts_i = ts_narrow(tsi.selectors, remote_allowed)
-        ts_r = ts_narrow(tsr.selectors, peer.local_ts)
+        ts_r = ts_narrow(tsr.selectors, local_allowed)
         if not ts_i or not ts_r:
             raise _Refuse(ikev2.N_TS_UNACCEPTABLE, "the traffic selectors are not acceptable")
         sa.child_inbound_spi = self._new_child_spi()
@@ -1822,6 +2138,775 @@ class IKEEngine:
         ]
         child = self._make_child(sa, suite, out_spi, ts_i, ts_r, internal or peer.internal_address)
         return payloads, child
+
+    # -- rekeying: common ---------------------------------------------------
+
+    def _lifetime(self, base: float | None) -> float | None:
+        """When a new SA is due for rekeying: ``base`` seconds, less the jitter."""
+        if base is None:
+            return None
+        jitter = min(max(self.config.rekey_jitter, 0.0), 1.0)
+        fraction = int.from_bytes(self._random(2), "big") / 0xFFFF if jitter else 0.0
+        return self.clock.seconds() + base * (1.0 - jitter * fraction)
+
+    def _retry_at(self) -> float | None:
+        """When to try a failed rekey again: ``rekey_retry``, less up to half at random.
+
+        Random, so that two peers refused at once do not retry in step (2.25).
+        """
+        retry = self.config.rekey_retry
+        if retry is None:
+            return None
+        fraction = int.from_bytes(self._random(2), "big") / 0xFFFF
+        return self.clock.seconds() + retry * (1.0 - 0.5 * fraction)
+
+    def _exchange_wait(self) -> float:
+        """How long a peer may take to finish an exchange (all its retransmissions)."""
+        return float(self.config.retransmit_timeout * 2**self.config.retransmit_tries)
+
+    def _rekey_timers(self, sa: IKESA, now: float) -> None:
+        if sa.rekey_at is not None and now >= sa.rekey_at and sa.ike_rekey is None:
+            self._start_ike_rekey(sa)
+        for spi, info in list(sa.child_info.items()):
+            if sa.child_info.get(spi) is not info:
+                continue
+            if (
+                info.state is ChildState.INSTALLED
+                and info.rekey_at is not None
+                and now >= info.rekey_at
+            ):
+                self._start_child_rekey(sa, info)
+            elif info.deadline is not None and now >= info.deadline:
+                self._child_deadline(sa, info)
+
+    @staticmethod
+    def _wanted_group(n: Notify) -> int | None:
+        """The group an INVALID_KE_PAYLOAD notify names, if it is well formed."""
+        return ikev2.unpack_u16(n.data) if len(n.data) == 2 else None
+
+    def _allowed_ts(
+        self, peer: PeerConfig
+    ) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+        """The selectors allowed on our side and on the peer's, by its configuration."""
+        remote_allowed = peer.remote_ts
+        if peer.internal_address is not None:
+            remote_allowed = ts_narrow(remote_allowed, (ts_host(peer.internal_address),))
+        return peer.local_ts, remote_allowed
+
+    # -- rekeying CHILD_SAs: initiator ----------------------------------------
+
+    def _start_child_rekey(self, sa: IKESA, info: _Child) -> None:
+        """Send (or queue) CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr} (1.3.3)."""
+        assert sa.suite is not None
+        old = info.child
+        ctx = _RekeyChild(
+            old=old,
+            new_spi=self._new_child_spi(),
+            nonce=self._random(NONCE_LEN),
+            dh=ikecrypto.dh_generate(sa.suite.dh) if self.config.pfs else None,
+            suite=old.suite,
+            ts_i=old.local_ts,
+            ts_r=old.remote_ts,
+        )
+        info.state = ChildState.REKEYING
+        info.rekey_at = None
+        log.info(
+            "IKE: SA {spi}: rekeying CHILD_SA {old:08x}_i{pfs}", spi=sa.our_spi.hex(),
+            old=old.inbound_spi, pfs=" with PFS" if ctx.dh is not None else "",
+        )
+        self._request(
+            sa, "rekey-child", ikev2.CREATE_CHILD_SA, self._rekey_child_payloads(ctx), ctx=ctx
+        )
+
+    @staticmethod
+    def _rekey_child_payloads(ctx: _RekeyChild) -> tuple[Payload, ...]:
+        group = ctx.dh.group if ctx.dh is not None else None
+        out: list[Payload] = [
+            # The SPI of the SA being rekeyed: the one we receive on (3.10.1).
+            Notify(ikev2.N_REKEY_SA, b"", ikev2.PROTO_ESP, struct.pack("!I", ctx.old.inbound_spi)),
+            SA((Proposal(1, ikev2.PROTO_ESP, struct.pack("!I", ctx.new_spi),
+                         ctx.suite.transforms(group)),)),
+            Nonce(ctx.nonce),
+        ]
+        if ctx.dh is not None:
+            out.append(KE(ctx.dh.group, ctx.dh.public))
+        out += [TSi(ctx.ts_i), TSr(ctx.ts_r)]
+        return tuple(out)
+
+    def _rekey_child_response(self, sa: IKESA, msg: Message, req: _Request) -> None:
+        ctx = req.ctx
+        assert isinstance(ctx, _RekeyChild)
+        info = sa.child_info.get(ctx.old.inbound_spi)
+        if info is not None and info.state is not ChildState.REKEYING:
+            info = None
+        errors = [n for n in msg.notifies() if n.is_error]
+        if errors:
+            first = errors[0]
+            group = self._wanted_group(first)
+            if (
+                first.type == ikev2.N_INVALID_KE_PAYLOAD
+                and ctx.dh is not None
+                and info is not None
+                and info.collision is None
+                and group is not None
+                and group in ikecrypto.SUPPORTED_GROUPS
+                and group != ctx.dh.group
+                and ctx.ke_tries < self.config.max_ke_retries
+            ):
+                log.info("IKE: peer wants DH group {group} for PFS; retrying", group=group)
+                ctx.ke_tries += 1
+                ctx.dh = ikecrypto.dh_generate(group)
+                self._count("ke_retries")
+                self._request(
+                    sa, "rekey-child", ikev2.CREATE_CHILD_SA, self._rekey_child_payloads(ctx),
+                    ctx=ctx,
+                )
+                return
+            self._child_rekey_failed(
+                sa, info, f"CHILD_SA rekey refused: {notify_name(first.type)}", first.type
+            )
+            return
+        try:
+            new, nr = self._initiator_rekeyed_child(sa, msg, ctx)
+        except _Refuse as e:
+            self._child_rekey_failed(sa, info, e.reason, e.notify)
+            sa_p = msg.find(SA)
+            if sa_p is not None and len(sa_p.proposals) == 1 and len(sa_p.proposals[0].spi) == 4:
+                # The responder installed its side: take it down.
+                self._request(
+                    sa, "delete-child", ikev2.INFORMATIONAL,
+                    (Delete(ikev2.PROTO_ESP, (struct.pack("!I", ctx.new_spi),)),),
+                )
+            return
+        self._count("child_rekeys")
+        if info is None:
+            # The peer deleted the old CHILD_SA meanwhile.
+            if ctx.superseded:
+                # A child of the peer's own rekey took over: ours is one too many.
+                self._install(sa, new, ChildState.REDUNDANT)
+                self._delete_rekeyed(sa, new.inbound_spi, "delete-redundant")
+            else:
+                self._install(sa, replace(new, replaces=None))
+            return
+        if info.collision is not None:
+            # Both rekeyed this child at once (section 2.8.1): the exchange
+            # holding the lowest of the four nonces made the redundant SA,
+            # and its initiator deletes it; the other one deletes the old SA.
+            peer_spi, ni, nr_ours = info.collision
+            info.collision = None
+            self._count("rekey_collisions")
+            if min(ctx.nonce, nr) < min(ni, nr_ours):
+                log.info(
+                    "IKE: SA {spi}: lost the rekey collision on {old:08x}_i",
+                    spi=sa.our_spi.hex(), old=info.child.inbound_spi,
+                )
+                info.state = ChildState.REPLACED
+                self._install(sa, new, ChildState.REDUNDANT)
+                self._delete_rekeyed(sa, new.inbound_spi, "delete-redundant")
+                return
+            log.info(
+                "IKE: SA {spi}: won the rekey collision on {old:08x}_i",
+                spi=sa.our_spi.hex(), old=info.child.inbound_spi,
+            )
+            theirs = sa.child_info.get(peer_spi)
+            if theirs is not None and theirs.state is ChildState.PENDING:
+                theirs.state = ChildState.REDUNDANT
+                theirs.deadline = self.clock.seconds() + self._exchange_wait()
+        # Make before break: the new SA is in, and in use, before the old one goes.
+        self._install(sa, new)
+        self._emit(ChildSARekeyed(info.child, new))
+        info.state = ChildState.REKEYED
+        self._delete_rekeyed(sa, info.child.inbound_spi, "delete-rekeyed")
+
+    def _delete_rekeyed(self, sa: IKESA, inbound_spi: int, kind: str) -> None:
+        """Delete a replaced (or redundant) CHILD_SA; it goes when the answer comes."""
+        self._request(
+            sa, kind, ikev2.INFORMATIONAL,
+            (Delete(ikev2.PROTO_ESP, (struct.pack("!I", inbound_spi),)),),
+            child_spi=inbound_spi,
+        )
+
+    def _initiator_rekeyed_child(
+        self, sa: IKESA, msg: Message, ctx: _RekeyChild
+    ) -> tuple[ChildSA, bytes]:
+        sa_p, nonce, tsi, tsr = msg.find(SA), msg.find(Nonce), msg.find(TSi), msg.find(TSr)
+        if sa_p is None or nonce is None or tsi is None or tsr is None:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "CREATE_CHILD_SA response lacks SA, Nr or TS")
+        if len(sa_p.proposals) != 1:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "the responder chose more than one proposal")
+        chosen = sa_p.proposals[0]
+        if not match_esp(chosen, ctx.suite, allow_dh=True):
+            raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "the responder chose an unoffered proposal")
+        groups = esp_groups(chosen)
+        ke = msg.find(KE)
+        shared = b""
+        if ctx.dh is not None:
+            if groups != (ctx.dh.group,) or ke is None or ke.group != ctx.dh.group:
+                raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "the responder did not do our PFS group")
+            try:
+                shared = ctx.dh.shared(ke.data)
+            except ikecrypto.BadPublicValue as e:
+                raise _Refuse(ikev2.N_INVALID_SYNTAX, str(e)) from None
+        elif groups or ke is not None:
+            raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "the responder chose PFS we did not offer")
+        if not (ts_covered(tsi.selectors, ctx.ts_i) and ts_covered(tsr.selectors, ctx.ts_r)):
+            raise _Refuse(ikev2.N_TS_UNACCEPTABLE, "the responder widened the traffic selectors")
+        assert sa.prf is not None and sa.keys is not None
+        # KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr): this exchange's nonces,
+        # and "initiator" is the initiator of this exchange (2.17).
+        i_to_r, r_to_i = ikecrypto.child_keymat(
+            sa.prf, sa.keys.sk_d, ctx.nonce, nonce.data, ctx.suite.keymat_length, shared=shared
+        )
+        (out_spi,) = struct.unpack("!I", chosen.spi)
+        child = ChildSA(
+            inbound_spi=ctx.new_spi,
+            inbound_keymat=r_to_i,
+            outbound_spi=out_spi,
+            outbound_keymat=i_to_r,
+            local_ts=tsi.selectors,
+            remote_ts=tsr.selectors,
+            peer_addr=sa.remote,
+            local_addr=sa.local,
+            peer_id=sa.peer_id,
+            ike_spis=(sa.spi_i, sa.spi_r),
+            suite=ctx.suite,
+            internal_address=ctx.old.internal_address,
+            replaces=ctx.old.inbound_spi,
+            pfs_group=ctx.dh.group if ctx.dh is not None else None,
+        )
+        return child, nonce.data
+
+    def _child_rekey_failed(
+        self, sa: IKESA, info: _Child | None, reason: str, notify: int | None
+    ) -> None:
+        log.warn("IKE: SA {spi}: {why}", spi=sa.our_spi.hex(), why=reason)
+        self._count("rekeys_failed")
+        self._emit(
+            IKEFailed(sa.spi_i, sa.spi_r, sa.remote, reason, notify, child_only=True, rekey=True)
+        )
+        if info is None:
+            return
+        if info.collision is not None:
+            # The peer's rekey of the same CHILD_SA went through: its child takes over.
+            info.state = ChildState.REPLACED
+            info.collision = None
+            return
+        info.state = ChildState.INSTALLED
+        info.rekey_at = self._retry_at()
+
+    def _child_deadline(self, sa: IKESA, info: _Child) -> None:
+        """The peer never finished what it started: finish it ourselves."""
+        info.deadline = None
+        if info.state is ChildState.REDUNDANT:
+            self._delete_rekeyed(sa, info.child.inbound_spi, "delete-redundant")
+            return
+        if info.state is not ChildState.PENDING:
+            return
+        old = sa.child_info.get(info.child.replaces) if info.child.replaces is not None else None
+        if old is not None and old.state is ChildState.REKEYING:
+            info.deadline = self.clock.seconds() + self._exchange_wait()  # ours decides
+            return
+        if old is None:
+            info.state = ChildState.INSTALLED
+            info.rekey_at = self._lifetime(self.config.child_rekey_time)
+            return
+        # The peer rekeyed but never deleted the old SA: switch, and delete it.
+        self._activate(sa, info, old.child)
+        old.state = ChildState.REKEYED
+        self._delete_rekeyed(sa, old.child.inbound_spi, "delete-rekeyed")
+
+    def _activate(self, sa: IKESA, info: _Child, old: ChildSA) -> None:
+        """A PENDING CHILD_SA takes over from ``old``: send with it from now on."""
+        info.state = ChildState.INSTALLED
+        info.deadline = None
+        info.rekey_at = self._lifetime(self.config.child_rekey_time)
+        self._emit(ChildSARekeyed(old, info.child))
+
+    def _pending_successor(self, sa: IKESA, inbound_spi: int) -> _Child | None:
+        return next(
+            (
+                i
+                for i in sa.child_info.values()
+                if i.child.replaces == inbound_spi and i.state is ChildState.PENDING
+            ),
+            None,
+        )
+
+    def _peer_deleted_child(self, sa: IKESA, info: _Child) -> None:
+        """The peer's Delete of one CHILD_SA (we answer with its pair)."""
+        child = info.child
+        successor = self._pending_successor(sa, child.inbound_spi)
+        if successor is not None or info.state in (ChildState.REKEYED, ChildState.REPLACED):
+            reason = "rekeyed"
+        elif info.state is ChildState.REDUNDANT:
+            reason = "redundant"
+        else:
+            reason = "peer-deleted"
+        out = sa.outstanding
+        if (
+            out is not None
+            and isinstance(out.ctx, _RekeyChild)
+            and out.ctx.old.inbound_spi == child.inbound_spi
+        ):
+            out.ctx.gone = True
+            out.ctx.superseded = successor is not None
+        if successor is not None:
+            self._activate(sa, successor, child)
+        if info.state is ChildState.PENDING and child.replaces is not None:
+            # The peer took back its rekey: the old CHILD_SA is ours again.
+            old = sa.child_info.get(child.replaces)
+            if old is not None and old.state is ChildState.REPLACED:
+                old.state = ChildState.INSTALLED
+                old.rekey_at = self._lifetime(self.config.child_rekey_time)
+        self._remove_child(sa, child.inbound_spi)
+        self._emit(ChildSADown(child, reason))
+
+    # -- CREATE_CHILD_SA: responder -------------------------------------------
+
+    def _create_child_sa(
+        self,
+        sa: IKESA,
+        header: ikev2.Header,
+        msg: Message,
+        addr: tuple[str, int],
+        local: tuple[str, int],
+    ) -> None:
+        sa_p = msg.find(SA)
+        rekey = ikev2.notify_of(msg.payloads, ikev2.N_REKEY_SA)
+        if sa.state is not State.ESTABLISHED:
+            # Being deleted, or replaced by a rekey (section 2.25).
+            self._respond(sa, header, addr, local, (Notify(ikev2.N_TEMPORARY_FAILURE),))
+            return
+        if (
+            rekey is None
+            and sa_p is not None
+            and any(p.protocol == ikev2.PROTO_IKE for p in sa_p.proposals)
+        ):
+            self._rekey_ike_request(sa, header, msg, addr, local)
+            return
+        if rekey is None and sa.children:
+            # One CHILD_SA per IKE SA here: no additional ones (section 1.3.1).
+            self._respond(sa, header, addr, local, (Notify(ikev2.N_NO_ADDITIONAL_SAS),))
+            return
+        try:
+            payloads, new, old, ni, nr = self._responder_rekey_child(sa, msg, rekey)
+        except _Refuse as e:
+            self._count("rekeys_refused")
+            log.info(
+                "IKE: SA {spi}: refused a CHILD_SA rekey: {why}", spi=sa.our_spi.hex(),
+                why=e.reason,
+            )
+            self._respond(sa, header, addr, local, (e.payload(),))
+            return
+        if old is None:
+            # A new CHILD_SA in place of one that is gone (a peer recreating
+            # it after a hard expiry, say): in use at once.
+            self._count("children_created")
+            self._install(sa, new)
+            self._respond(sa, header, addr, local, payloads)
+            return
+        self._count("child_rekeys")
+        out = sa.outstanding
+        if old.state is ChildState.REKEYING:
+            if (
+                out is not None
+                and isinstance(out.ctx, _RekeyChild)
+                and out.ctx.old.inbound_spi == old.child.inbound_spi
+            ):
+                # Simultaneous rekey: settled when our own answer comes (2.8.1).
+                old.collision = (new.inbound_spi, ni, nr)
+            else:
+                # Ours was only queued: the peer's rekey does the job.
+                sa.queued = [
+                    q for q in sa.queued
+                    if not (
+                        isinstance(q.ctx, _RekeyChild)
+                        and q.ctx.old.inbound_spi == old.child.inbound_spi
+                    )
+                ]
+                old.state = ChildState.REPLACED
+        else:
+            old.state = ChildState.REPLACED
+        old.rekey_at = None
+        # The new inbound SA goes in before the answer leaves; its outbound
+        # is used once the initiator deletes the old SA (section 2.8).
+        self._install(
+            sa, new, ChildState.PENDING, deadline=self.clock.seconds() + self._exchange_wait()
+        )
+        self._respond(sa, header, addr, local, payloads)
+
+    def _responder_rekey_child(
+        self, sa: IKESA, msg: Message, rekey: Notify | None
+    ) -> tuple[list[Payload], ChildSA, _Child | None, bytes, bytes]:
+        """Answer CREATE_CHILD_SA: rekey the CHILD_SA ``rekey`` names, or make a new one."""
+        info: _Child | None = None
+        if rekey is not None:
+            if rekey.protocol != ikev2.PROTO_ESP or len(rekey.spi) != 4:
+                raise _Refuse(ikev2.N_INVALID_SYNTAX, "REKEY_SA does not name an ESP SPI")
+            (spi,) = struct.unpack("!I", rekey.spi)
+            info = next((i for i in sa.child_info.values() if i.child.outbound_spi == spi), None)
+            if info is None:
+                raise _Refuse(
+                    ikev2.N_CHILD_SA_NOT_FOUND, f"no CHILD_SA {spi:08x} to rekey",
+                    protocol=ikev2.PROTO_ESP, spi=rekey.spi,
+                )
+        out = sa.outstanding
+        if sa.ike_rekey is not None and out is not None and out.ctx is sa.ike_rekey:
+            raise _Refuse(ikev2.N_TEMPORARY_FAILURE, "rekeying the IKE SA")
+        if info is not None and info.state not in (ChildState.INSTALLED, ChildState.REKEYING):
+            spi = info.child.outbound_spi
+            raise _Refuse(ikev2.N_TEMPORARY_FAILURE, f"CHILD_SA {spi:08x} is being replaced")
+        sa_p, nonce, tsi, tsr = msg.find(SA), msg.find(Nonce), msg.find(TSi), msg.find(TSr)
+        if sa_p is None or nonce is None or tsi is None or tsr is None:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "CREATE_CHILD_SA request lacks SA, Ni or TS")
+        if ikev2.notify_of(msg.payloads, ikev2.N_USE_TRANSPORT_MODE) is not None:
+            raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "transport mode is not offered")
+        ke = msg.find(KE)
+        suite, proposal, group = self._pick_child_proposal(sa, sa_p.proposals, ke)
+        old = info.child if info is not None else None
+        assert sa.peer is not None
+        local_allowed, remote_allowed = self._allowed_ts(sa.peer)
+        # TSi is the exchange initiator's side: the peer's.  A rekeyed CHILD_SA
+        # keeps within its predecessor's selectors.
+        ts_i = ts_narrow(tsi.selectors, remote_allowed)
+        ts_r = ts_narrow(tsr.selectors, local_allowed)
+        if old is not None:
+            ts_i = ts_narrow(ts_i, old.remote_ts)
+            ts_r = ts_narrow(ts_r, old.local_ts)
+        if not ts_i or not ts_r:
+            raise _Refuse(ikev2.N_TS_UNACCEPTABLE, "the traffic selectors are not acceptable")
+        shared = b""
+        dh: ikecrypto.DHPrivate | None = None
+        if group is not None:
+            assert ke is not None
+            dh = ikecrypto.dh_generate(group)
+            try:
+                shared = dh.shared(ke.data)
+            except ikecrypto.BadPublicValue as e:
+                raise _Refuse(ikev2.N_INVALID_SYNTAX, str(e)) from None
+        nr = self._random(NONCE_LEN)
+        new_spi = self._new_child_spi()
+        assert sa.prf is not None and sa.keys is not None
+        i_to_r, r_to_i = ikecrypto.child_keymat(
+            sa.prf, sa.keys.sk_d, nonce.data, nr, suite.keymat_length, shared=shared
+        )
+        (out_spi,) = struct.unpack("!I", proposal.spi)
+        child = ChildSA(
+            inbound_spi=new_spi,
+            inbound_keymat=i_to_r,
+            outbound_spi=out_spi,
+            outbound_keymat=r_to_i,
+            local_ts=ts_r,
+            remote_ts=ts_i,
+            peer_addr=sa.remote,
+            local_addr=sa.local,
+            peer_id=sa.peer_id,
+            ike_spis=(sa.spi_i, sa.spi_r),
+            suite=suite,
+            internal_address=old.internal_address if old is not None else sa.internal_address,
+            replaces=old.inbound_spi if old is not None else None,
+            pfs_group=group,
+        )
+        payloads: list[Payload] = [
+            SA((Proposal(proposal.number, ikev2.PROTO_ESP, struct.pack("!I", new_spi),
+                         suite.transforms(group)),)),
+            Nonce(nr),
+        ]
+        if dh is not None:
+            payloads.append(KE(dh.group, dh.public))
+        payloads += [TSi(ts_i), TSr(ts_r)]
+        return payloads, child, info, nonce.data, nr
+
+    def _pick_child_proposal(
+        self, sa: IKESA, proposals: Sequence[Proposal], ke: KE | None
+    ) -> tuple[ESPSuite, Proposal, int | None]:
+        """Our preferred ESP suite among the proposals, and the PFS group (or ``None``)."""
+        wanted: list[int] = []
+        for suite in self.config.esp_suites:
+            for p in proposals:
+                if len(p.spi) != 4 or not match_esp(p, suite, allow_dh=True):
+                    continue
+                groups = [g for g in esp_groups(p) if g in ikecrypto.SUPPORTED_GROUPS]
+                if ke is not None and ke.group in groups:
+                    return suite, p, ke.group
+                if ke is None and not self.config.pfs and esp_without_pfs(p):
+                    return suite, p, None
+                wanted += groups
+        if wanted:
+            assert sa.suite is not None
+            group = sa.suite.dh if sa.suite.dh in wanted else wanted[0]
+            raise _Refuse(
+                ikev2.N_INVALID_KE_PAYLOAD, f"PFS wants a KE of group {group}",
+                ikev2.pack_u16(group),
+            )
+        raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal for the rekey")
+
+    # -- rekeying the IKE SA ----------------------------------------------------
+
+    def _start_ike_rekey(self, sa: IKESA) -> None:
+        """Send (or queue) CREATE_CHILD_SA {SA, Ni, KEi} for a new IKE SA (1.3.2)."""
+        assert sa.suite is not None
+        suites = (sa.suite, *[s for s in self.config.ike_suites if s != sa.suite])
+        ctx = _RekeyIKE(
+            self._new_ike_spi(), self._random(NONCE_LEN), ikecrypto.dh_generate(sa.suite.dh),
+            suites,
+        )
+        sa.ike_rekey = ctx
+        sa.rekey_at = None
+        log.info("IKE: SA {spi}: rekeying the IKE SA", spi=sa.our_spi.hex())
+        self._request(
+            sa, "rekey-ike", ikev2.CREATE_CHILD_SA, self._rekey_ike_payloads(ctx), ctx=ctx
+        )
+
+    @staticmethod
+    def _rekey_ike_payloads(ctx: _RekeyIKE) -> tuple[Payload, ...]:
+        return (
+            SA(tuple(
+                Proposal(i + 1, ikev2.PROTO_IKE, ctx.new_spi, s.transforms())
+                for i, s in enumerate(ctx.suites)
+            )),
+            Nonce(ctx.nonce),
+            KE(ctx.dh.group, ctx.dh.public),
+        )
+
+    def _rekey_ike_response(self, sa: IKESA, msg: Message, req: _Request) -> None:
+        ctx = req.ctx
+        assert isinstance(ctx, _RekeyIKE)
+        if sa.ike_rekey is not ctx:
+            self._next_queued(sa)
+            return
+        errors = [n for n in msg.notifies() if n.is_error]
+        if errors:
+            first = errors[0]
+            group = self._wanted_group(first)
+            if (
+                first.type == ikev2.N_INVALID_KE_PAYLOAD
+                and sa.ike_collision is None
+                and sa.state is State.ESTABLISHED
+                and group is not None
+                and group != ctx.dh.group
+                and group in {s.dh for s in ctx.suites}
+                and ctx.ke_tries < self.config.max_ke_retries
+            ):
+                ctx.ke_tries += 1
+                ctx.dh = ikecrypto.dh_generate(group)
+                self._count("ke_retries")
+                self._request(
+                    sa, "rekey-ike", ikev2.CREATE_CHILD_SA, self._rekey_ike_payloads(ctx),
+                    ctx=ctx,
+                )
+                return
+            self._ike_rekey_failed(
+                sa, f"IKE SA rekey refused: {notify_name(first.type)}", first.type
+            )
+            return
+        try:
+            new = self._initiator_rekeyed_ike(sa, msg, ctx)
+        except _Refuse as e:
+            self._ike_rekey_failed(sa, e.reason, e.notify)
+            return
+        sa.ike_rekey = None
+        self.sas[new.our_spi] = new
+        if sa.state is not State.ESTABLISHED:
+            # Deleted meanwhile: the new IKE SA goes too.
+            new.state = State.REKEYED
+            self._request(new, "delete", ikev2.INFORMATIONAL, (Delete(ikev2.PROTO_IKE),))
+            self._next_queued(sa)
+            return
+        collision, sa.ike_collision = sa.ike_collision, None
+        if collision is not None:
+            other, ni, nr = collision
+            self._count("rekey_collisions")
+            if min(ctx.nonce, new.nr) < min(ni, nr):
+                # Lost (section 2.8.2): delete ours; the peer's SA takes the
+                # children, and the peer deletes the old one.
+                log.info("IKE: SA {spi}: lost the IKE SA rekey collision", spi=sa.our_spi.hex())
+                new.state = State.REKEYED
+                self._request(new, "delete", ikev2.INFORMATIONAL, (Delete(ikev2.PROTO_IKE),))
+                self._adopt(sa, other)
+                return
+            log.info("IKE: SA {spi}: won the IKE SA rekey collision", spi=sa.our_spi.hex())
+            other.expires = self.clock.seconds() + self._exchange_wait()  # the peer deletes it
+        self._move_children(sa, new)
+        sa.state = State.REKEYED
+        # The Delete is the last request on the old IKE SA (section 2.18).
+        self._request(sa, "delete", ikev2.INFORMATIONAL, (Delete(ikev2.PROTO_IKE),))
+
+    def _initiator_rekeyed_ike(self, sa: IKESA, msg: Message, ctx: _RekeyIKE) -> IKESA:
+        sa_p, nonce, ke = msg.find(SA), msg.find(Nonce), msg.find(KE)
+        if sa_p is None or nonce is None or ke is None:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "IKE SA rekey response lacks SA, Nr or KEr")
+        if len(sa_p.proposals) != 1:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "the responder chose more than one proposal")
+        chosen = sa_p.proposals[0]
+        if chosen.protocol != ikev2.PROTO_IKE or len(chosen.spi) != 8 or chosen.spi == bytes(8):
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "the new IKE SA needs the responder's SPI")
+        suite = next(
+            (
+                s for s in ctx.suites
+                if match_ike(chosen, s) and len(chosen.transforms) == len(s.transforms())
+            ),
+            None,
+        )
+        if suite is None:
+            raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "the responder chose an unoffered proposal")
+        if ke.group != suite.dh or ctx.dh.group != suite.dh:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "the responder's KE does not match its proposal")
+        try:
+            shared = ctx.dh.shared(ke.data)
+        except ikecrypto.BadPublicValue as e:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, str(e)) from None
+        new = self._successor(sa, Role.INITIATOR, ctx.new_spi, chosen.spi, ctx.nonce, nonce.data)
+        self._derive(new, suite, shared, old=sa)
+        return new
+
+    def _ike_rekey_failed(self, sa: IKESA, reason: str, notify: int | None) -> None:
+        sa.ike_rekey = None
+        log.warn("IKE: SA {spi}: {why}", spi=sa.our_spi.hex(), why=reason)
+        self._count("rekeys_failed")
+        self._emit(IKEFailed(sa.spi_i, sa.spi_r, sa.remote, reason, notify, rekey=True))
+        if sa.ike_collision is not None and sa.state is State.ESTABLISHED:
+            # The peer's rekey went through instead of ours.
+            other, sa.ike_collision = sa.ike_collision[0], None
+            self._adopt(sa, other)
+            return
+        if sa.state is State.ESTABLISHED:
+            sa.rekey_at = self._retry_at()
+        self._next_queued(sa)
+
+    def _rekey_ike_request(
+        self,
+        sa: IKESA,
+        header: ikev2.Header,
+        msg: Message,
+        addr: tuple[str, int],
+        local: tuple[str, int],
+    ) -> None:
+        try:
+            new, payloads = self._responder_rekey_ike(sa, msg)
+        except _Refuse as e:
+            self._count("rekeys_refused")
+            log.info(
+                "IKE: SA {spi}: refused an IKE SA rekey: {why}", spi=sa.our_spi.hex(),
+                why=e.reason,
+            )
+            self._respond(sa, header, addr, local, (e.payload(),))
+            return
+        self._respond(sa, header, addr, local, payloads)
+        self.sas[new.our_spi] = new
+        if sa.ike_rekey is not None:
+            out = sa.outstanding
+            if out is not None and out.ctx is sa.ike_rekey:
+                # Simultaneous rekey: settled when our own answer comes (2.8.2).
+                new.state = State.REKEYED
+                new.expires = self.clock.seconds() + self._exchange_wait()
+                sa.ike_collision = (new, new.ni, new.nr)
+                return
+            # Ours was only queued: the peer's rekey does the job.
+            sa.queued = [q for q in sa.queued if q.ctx is not sa.ike_rekey]
+            sa.ike_rekey = None
+        self._adopt(sa, new)
+
+    def _responder_rekey_ike(
+        self, sa: IKESA, msg: Message
+    ) -> tuple[IKESA, tuple[Payload, ...]]:
+        out = sa.outstanding
+        if out is not None and out.kind in (
+            "rekey-child", "delete-rekeyed", "delete-redundant", "delete-child",
+        ):
+            raise _Refuse(ikev2.N_TEMPORARY_FAILURE, "a CHILD_SA exchange of ours is under way")
+        if any(
+            i.state in (ChildState.REKEYED, ChildState.REDUNDANT) for i in sa.child_info.values()
+        ):
+            raise _Refuse(ikev2.N_TEMPORARY_FAILURE, "closing a CHILD_SA")
+        sa_p, nonce, ke = msg.find(SA), msg.find(Nonce), msg.find(KE)
+        if sa_p is None or nonce is None or ke is None:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "IKE SA rekey request lacks SA, Ni or KEi")
+        proposals = [p for p in sa_p.proposals if p.protocol == ikev2.PROTO_IKE]
+        if any(len(p.spi) != 8 or p.spi == bytes(8) for p in proposals):
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, "a new IKE SA needs the initiator's SPI")
+        acceptable = [
+            (s, p) for s in self.config.ike_suites for p in proposals if match_ike(p, s)
+        ]
+        if not acceptable:
+            raise _Refuse(ikev2.N_NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal")
+        with_group = [(s, p) for s, p in acceptable if s.dh == ke.group]
+        if not with_group:
+            group = acceptable[0][0].dh
+            raise _Refuse(
+                ikev2.N_INVALID_KE_PAYLOAD, f"wants DH group {group}", ikev2.pack_u16(group)
+            )
+        suite, proposal = with_group[0]
+        dh = ikecrypto.dh_generate(suite.dh)
+        try:
+            shared = dh.shared(ke.data)
+        except ikecrypto.BadPublicValue as e:
+            raise _Refuse(ikev2.N_INVALID_SYNTAX, str(e)) from None
+        nr = self._random(NONCE_LEN)
+        new = self._successor(
+            sa, Role.RESPONDER, proposal.spi, self._new_ike_spi(), nonce.data, nr
+        )
+        self._derive(new, suite, shared, old=sa)
+        payloads = (
+            SA((Proposal(proposal.number, ikev2.PROTO_IKE, new.spi_r, suite.transforms()),)),
+            Nonce(nr),
+            KE(suite.dh, dh.public),
+        )
+        return new, payloads
+
+    def _successor(
+        self, old: IKESA, role: Role, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes
+    ) -> IKESA:
+        """The IKE SA a rekey makes: same peer and addresses, message IDs from 0."""
+        now = self.clock.seconds()
+        return IKESA(
+            role=role,
+            spi_i=spi_i,
+            spi_r=spi_r,
+            remote=old.remote,
+            local=old.local,
+            state=State.ESTABLISHED,
+            created=now,
+            peer=old.peer,
+            peer_id=old.peer_id,
+            nat_t=old.nat_t,
+            peer_nat_d=old.peer_nat_d,
+            ni=ni,
+            nr=nr,
+            last_heard=now,
+            rekey_at=self._lifetime(self.config.ike_rekey_time),
+            internal_address=old.internal_address,
+        )
+
+    def _adopt(self, old: IKESA, new: IKESA) -> None:
+        """``new`` replaces ``old``; the peer will delete ``old`` (or it expires)."""
+        self._move_children(old, new)
+        old.state = State.REKEYED
+        old.expires = self.clock.seconds() + self._exchange_wait()
+
+    def _move_children(self, old: IKESA, new: IKESA) -> None:
+        """The CHILD_SAs (and requests not yet sent) of ``old`` go to ``new`` (section 2.18)."""
+        spis = (new.spi_i, new.spi_r)
+        for child in old.children:
+            moved = replace(child, ike_spis=spis)
+            info = old.child_info.get(child.inbound_spi) or _Child(moved, ChildState.INSTALLED)
+            info.child = moved
+            new.children.append(moved)
+            new.child_info[moved.inbound_spi] = info
+        old.children, old.child_info = [], {}
+        new.queued += old.queued
+        old.queued = []
+        old.rekey_at = None
+        new.state = State.ESTABLISHED
+        new.expires = None
+        assert new.suite is not None
+        self._count("ike_rekeys")
+        log.info(
+            "IKE: SA {old} rekeyed: now {spi_i}_i {spi_r}_r ({suite})", old=old.our_spi.hex(),
+            spi_i=new.spi_i.hex(), spi_r=new.spi_r.hex(), suite=str(new.suite),
+        )
+        self._emit(IKESARekeyed(old.spi_i, old.spi_r, new.spi_i, new.spi_r, new.peer_id, new.suite))
+        self._next_queued(new)
 
 
 def keys_for_log(sa: IKESA) -> dict[str, str]:
@@ -1847,7 +2932,9 @@ __all__ = [
     "ANY_IPV4",
     "ChildSA",
     "ChildSADown",
+    "ChildSARekeyed",
     "ChildSAUp",
+    "ChildState",
     "DEFAULT_ESP_SUITES",
     "DEFAULT_IKE_SUITES",
     "Datagram",
@@ -1858,12 +2945,15 @@ __all__ = [
     "IKEFailed",
     "IKESA",
     "IKESADown",
+    "IKESARekeyed",
     "IKESAUp",
     "IKESuite",
     "PeerConfig",
     "Role",
     "State",
     "keys_for_log",
+    "esp_groups",
+    "esp_without_pfs",
     "match_esp",
     "match_ike",
     "notify_name",

@@ -6,8 +6,9 @@ Everything here is a pure function of its inputs (randomness comes from
 
 - :class:`Prf`: HMAC-SHA2-256/384/512 as the IKE prf, and prf+ (RFC 7296
   section 2.13);
-- :func:`skeyseed`, :func:`derive_ike_keys` (section 2.14) and
-  :func:`child_keymat` (section 2.17);
+- :func:`skeyseed`, :func:`derive_ike_keys` (section 2.14),
+  :func:`child_keymat` (sections 2.17, 1.3.1) and :func:`rekey_skeyseed`
+  (section 2.18);
 - :class:`DHGroup`: groups 14 (MODP 2048, RFC 3526), 19 and 20 (ECP 256/384,
   RFC 5903: public value x || y, shared secret x) and 31 (Curve25519,
   RFC 8031);
@@ -188,6 +189,16 @@ class IKEKeys:
 def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     """SKEYSEED = prf(Ni | Nr, g^ir) (section 2.14)."""
     return prf(ni + nr, shared)
+
+
+def rekey_skeyseed(old_prf: Prf, sk_d: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
+    """SKEYSEED of a rekeyed IKE SA: prf(SK_d (old), g^ir (new) | Ni | Nr) (section 2.18).
+
+    ``old_prf`` and ``sk_d`` are the old IKE SA's (the exchange belongs to
+    it); ``ni`` and ``nr`` are the CREATE_CHILD_SA nonces.  The new SA's keys
+    then come from :func:`derive_ike_keys` with the *new* prf.
+    """
+    return old_prf(sk_d, shared + ni + nr)
 
 
 def derive_ike_keys(
