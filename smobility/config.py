@@ -38,6 +38,10 @@ __all__ = [
     "ClientTunnelConfig",
     "ESPKeys",
     "HomeTunnelConfig",
+    "HomeIKEConfig",
+    "IKEParameters",
+    "NodeIKEConfig",
+    "ClientIKEConfig",
     "ProxyConfig",
     "TransportConfig",
     "ConfigError",
@@ -175,6 +179,88 @@ class MobileNodeConfig:
     simultaneous_bindings: int
     nai: str | None
     esp: ESPKeys | None = None
+    ike: NodeIKEConfig | None = None
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class NodeIKEConfig:
+    """How one mobile node authenticates its IKEv2 SA (a ``[mobile_node.ike]`` table).
+
+    ``identity`` is the node's IKE ID as written (FQDN, RFC 822 address,
+    IPv4 address or a DN such as ``"CN=laptop"``) and ``identity_kind`` its
+    type (``"fqdn"``, ``"rfc822"``, ``"ipv4"``, ``"dn"``).  ``auth`` is
+    ``"psk"`` (with the secret ``psk``) or ``"pubkey"`` (a certificate from
+    the home server's CA).  The ``repr`` never shows the secret.
+    """
+
+    identity: str
+    identity_kind: str
+    auth: str
+    psk: bytes = b""
+
+    def __repr__(self) -> str:
+        return (
+            f"NodeIKEConfig(identity={self.identity!r}, kind={self.identity_kind!r}, "
+            f"auth={self.auth!r})"
+        )
+
+
+@dataclass(frozen=True)
+class IKEParameters:
+    """IKEv2 settings both roles share: suites, lifetimes (0: never rekey), liveness (0: off)."""
+
+    proposals: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    lifetime: int
+    child_lifetime: int
+    liveness: int
+
+
+@dataclass(frozen=True)
+class HomeIKEConfig:
+    """The home agent's IKEv2 responder (the ``[ike]`` table of the home file).
+
+    ``identity``/``identity_kind`` as in :class:`NodeIKEConfig` (default: the
+    first home agent address); ``cert``/``key`` are its certificate and key
+    for certificate authentication; ``ca_db`` the state database holding the
+    CA that clients' certificates are checked against (with revocation);
+    ``port`` the plain IKE port (500; 0: only the NAT-T port of [tunnel]).
+    """
+
+    identity: str
+    identity_kind: str
+    params: IKEParameters
+    cert: Path | None
+    key: Path | None
+    ca_db: Path
+    port: int
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class ClientIKEConfig:
+    """The client's IKEv2 initiator (the ``[ike]`` table of the client file).
+
+    ``home_agent_identity`` is the ID the home agent must prove (its
+    certificate must name it too, with ``auth = "pubkey"``); ``ca_file`` is
+    the home server's CA certificate.
+    """
+
+    identity: str
+    identity_kind: str
+    auth: str
+    psk: bytes
+    home_agent_identity: str
+    home_agent_identity_kind: str
+    params: IKEParameters
+    cert: Path | None
+    key: Path | None
+    ca_file: Path | None
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientIKEConfig(identity={self.identity!r}, auth={self.auth!r}, "
+            f"home_agent_identity={self.home_agent_identity!r})"
+        )
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -299,6 +385,7 @@ class HomeConfig:
     manhole: ManholeConfig | None
     warnings: tuple[str, ...]
     tunnel: HomeTunnelConfig | None = None
+    ike: HomeIKEConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +414,7 @@ class ClientConfig:
     esp: ESPKeys | None = None
     transports: tuple[TransportConfig, ...] = ()
     climb_back_after: float = 30.0
+    ike: ClientIKEConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -947,15 +1035,167 @@ def _read_client_tunnel(top: _Reader) -> ClientTunnelConfig | None:
 
 
 # ---------------------------------------------------------------------------
+# IKEv2
+
+_IKE_DEFAULT_PROPOSALS = ("aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha384-x25519")
+_IKE_DEFAULT_ESP = ("aes128gcm16", "aes256gcm16")
+_IKE_PARAM_KEYS = ("proposals", "esp_proposals", "lifetime", "child_lifetime", "liveness")
+_HOME_IKE_KEYS = ("identity", "cert", "key", "ca_db", "port") + _IKE_PARAM_KEYS
+_NODE_IKE_KEYS = ("identity", "auth", "psk", "psk_file")
+_CLIENT_IKE_KEYS = (
+    "identity", "auth", "psk", "psk_file", "cert", "key", "ca_file", "home_agent_identity",
+) + _IKE_PARAM_KEYS
+_IKE_AUTH = ("psk", "pubkey")
+_IKE_ID_EXPECTED = (
+    'an IKE identity: a DNS name ("laptop.example.org"), an e-mail address '
+    '("laptop@example.org"), an IPv4 address or a distinguished name ("CN=laptop, O=Example")'
+)
+_MIN_PSK = 16
+_PSK_EXPECTED = f"a shared secret of at least {_MIN_PSK} characters (psk_file: its first line)"
+
+
+def _ike_identity(r: _Reader, name: str, default: str | _Missing = _REQUIRED) -> tuple[str, str]:
+    """An IKE identity as written and its kind: fqdn, rfc822, ipv4 or dn."""
+    value = r.string(name, _IKE_ID_EXPECTED, default)
+    try:
+        return str(IPv4Address(value)), "ipv4"
+    except ValueError:
+        pass
+    if "=" in value:
+        from cryptography import x509
+
+        try:
+            x509.Name.from_rfc4514_string(value.replace(", ", ","))
+        except ValueError:
+            r.fail(name, f"{_show(value)} is not a valid distinguished name", _IKE_ID_EXPECTED)
+        return value, "dn"
+    if "@" in value:
+        if not value.isascii() or _NAI_RE.fullmatch(value) is None:
+            r.fail(name, f"{_show(value)} is not a valid e-mail address", _IKE_ID_EXPECTED)
+        return value, "rfc822"
+    if not value.isascii() or len(value) > 253 or _DNS_NAME_RE.fullmatch(value) is None:
+        r.fail(name, f"{_show(value)} is not a valid identity", _IKE_ID_EXPECTED)
+    return value.rstrip(".").lower(), "fqdn"
+
+
+def _ike_psk(r: _Reader, required: bool) -> bytes:
+    text = _read_secret_text(r, "psk")
+    if text is None:
+        if required:
+            r.fail("psk", "neither psk nor psk_file is given (auth is \"psk\")", _PSK_EXPECTED)
+        return b""
+    if not required:
+        r.warn("psk", 'is ignored because auth is "pubkey"')
+        return b""
+    if len(text) < _MIN_PSK:
+        # The length only: never the secret.
+        r.fail("psk", f"the secret is {len(text)} characters long", _PSK_EXPECTED)
+    return text.encode("utf-8")
+
+
+def _ike_list(r: _Reader, name: str, default: tuple[str, ...], esp: bool) -> tuple[str, ...]:
+    from smobility.engines.ike import ESPSuite, IKESuite
+
+    kind = "ESP" if esp else "IKE"
+    example = ", ".join(f'"{d}"' for d in default)
+    expected = f"a non-empty array of {kind} proposals in strongSwan notation, such as [{example}]"
+    value = r.raw(name, expected, list(default))
+    if not isinstance(value, list) or not value:
+        r.fail(name, "must be a non-empty array" if isinstance(value, list)
+               else f"must be an array, not {_type_name(value)}", expected)
+    out: list[str] = []
+    for i, item in enumerate(value):
+        key = f"{name}[{i}]"
+        if not isinstance(item, str):
+            r.fail(key, f"must be a string, not {_type_name(item)}", expected)
+        try:
+            (ESPSuite if esp else IKESuite).parse(item)
+        except ValueError:
+            r.fail(key, f"{_show(item)} is not a supported {kind} proposal", expected)
+        out.append(item)
+    return tuple(out)
+
+
+def _ike_params(r: _Reader) -> IKEParameters:
+    lifetime_expected = "seconds from 60 to 604800, or 0 (never rekey)"
+
+    def lifetime(name: str, default: int) -> int:
+        v = r.integer(name, 0, 604800, lifetime_expected, default)
+        if 0 < v < 60:
+            r.fail(name, f"{v} is out of range", lifetime_expected)
+        return v
+
+    return IKEParameters(
+        proposals=_ike_list(r, "proposals", _IKE_DEFAULT_PROPOSALS, esp=False),
+        esp_proposals=_ike_list(r, "esp_proposals", _IKE_DEFAULT_ESP, esp=True),
+        lifetime=lifetime("lifetime", 14400),
+        child_lifetime=lifetime("child_lifetime", 3600),
+        liveness=r.integer("liveness", 0, 3600, "seconds from 1 to 3600, or 0 (off)", 30),
+    )
+
+
+def _read_home_ike(
+    top: _Reader, addresses: tuple[IPv4Address, ...], state_db: Path
+) -> HomeIKEConfig | None:
+    i = top.subtable("ike", _HOME_IKE_KEYS, required=False)
+    if i is None:
+        return None
+    identity, kind = _ike_identity(i, "identity", str(addresses[0]))
+    cert = i.optional_path("cert", "a path to the home agent's certificate (PEM)")
+    key = i.optional_path("key", "a path to the home agent's private key (PEM)")
+    if (cert is None) != (key is None):
+        i.fail("key" if key is None else "cert", "cert and key go together", "both or neither")
+    ca_db = i.optional_path("ca_db", "a path to the state database holding the CA") or state_db
+    return HomeIKEConfig(
+        identity=identity, identity_kind=kind, params=_ike_params(i), cert=cert, key=key,
+        ca_db=ca_db, port=i.integer("port", 0, 65535, "a port from 1 to 65535, or 0 (none)", 500),
+    )
+
+
+def _read_node_ike(n: _Reader) -> NodeIKEConfig:
+    i = n.section("ike", _NODE_IKE_KEYS)
+    identity, kind = _ike_identity(i, "identity")
+    auth = i.choice("auth", _IKE_AUTH, "psk")
+    return NodeIKEConfig(identity, kind, auth, _ike_psk(i, auth == "psk"))
+
+
+def _read_client_ike(top: _Reader, home_agent: IPv4Address) -> ClientIKEConfig | None:
+    i = top.subtable("ike", _CLIENT_IKE_KEYS, required=False)
+    if i is None:
+        return None
+    identity, kind = _ike_identity(i, "identity")
+    auth = i.choice("auth", _IKE_AUTH, "psk")
+    psk = _ike_psk(i, auth == "psk")
+    ha_identity, ha_kind = _ike_identity(i, "home_agent_identity", str(home_agent))
+    cert = i.optional_path("cert", "a path to the client's certificate (PEM)")
+    key = i.optional_path("key", "a path to the client's private key (PEM)")
+    ca_file = i.optional_path("ca_file", "a path to the home server's CA certificate (PEM)")
+    if auth == "pubkey":
+        for name, value in (("cert", cert), ("key", key), ("ca_file", ca_file)):
+            if value is None:
+                i.fail(name, 'required key is missing (auth is "pubkey")',
+                       "a PEM file path")  # fmt: skip
+    else:
+        for name, value in (("cert", cert), ("key", key), ("ca_file", ca_file)):
+            if value is not None:
+                i.warn(name, 'is ignored because auth is "psk"')
+    return ClientIKEConfig(
+        identity=identity, identity_kind=kind, auth=auth, psk=psk,
+        home_agent_identity=ha_identity, home_agent_identity_kind=ha_kind,
+        params=_ike_params(i), cert=cert, key=key, ca_file=ca_file,
+    )
+
+
+# ---------------------------------------------------------------------------
 # Home agent
 
-_HOME_TOP = ("home", "mobile_node", "manhole", "tunnel")
+_HOME_TOP = ("home", "mobile_node", "manhole", "tunnel", "ike")
 _HOME_KEYS = (
     "addresses", "listen", "home_network", "port", "replay_window",
     "max_lifetime", "state_db",
 )
 _NODE_KEYS = (
-    "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp",
+    "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp", "ike",
 ) + _AUTH_KEYS
 _MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
 
@@ -1030,6 +1270,8 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
     state_db = home.path("state_db", "a path to the SQLite state database")
 
     tunnel = _read_home_tunnel(top)
+    home_ike = _read_home_ike(top, addresses, state_db)
+    ike_ids = _Unique("IKE identity")
     esp_spis = _Unique("ESP SPI")
     nodes: list[MobileNodeConfig] = []
     names = _Unique("name")
@@ -1068,10 +1310,35 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
             nais.check(n, "nai", nai.lower(), repr(nai))
         esp = None
         if tunnel is not None:
-            if not n.has("esp"):
+            if not n.has("esp") and not n.has("ike"):
                 n.fail(
                     "esp", "required section is missing ([tunnel] is configured)",
-                    f"a [{n.prefix}.esp] table with the node's ESP keys",
+                    f"a [{n.prefix}.esp] table with the node's manual ESP keys, or a "
+                    f"[{n.prefix}.ike] table to key the tunnel with IKEv2",
+                )
+        if n.has("esp") and n.has("ike"):
+            n.fail(
+                "ike", "both [esp] (manual keys) and [ike] are given for this node",
+                "exactly one of them: manual ESP keys or IKEv2",
+            )
+        node_ike = None
+        if n.has("ike"):
+            node_ike = _read_node_ike(n)
+            ike_ids.check(n, "ike.identity", (node_ike.identity_kind, node_ike.identity),
+                          repr(node_ike.identity))  # fmt: skip
+            if tunnel is None:
+                n.warn("ike", "is ignored because no [tunnel] is configured")
+            if home_ike is None:
+                home_ike = HomeIKEConfig(
+                    identity=str(addresses[0]), identity_kind="ipv4",
+                    params=IKEParameters(_IKE_DEFAULT_PROPOSALS, _IKE_DEFAULT_ESP, 14400,
+                                         3600, 30),
+                    cert=None, key=None, ca_db=state_db, port=500,
+                )  # fmt: skip
+            if node_ike.auth == "pubkey" and home_ike.cert is None:
+                n.fail(
+                    "ike.auth", '"pubkey" needs the home agent\'s own certificate',
+                    "ike.cert and ike.key in the home agent's [ike] table",
                 )
         if n.has("esp"):
             esp = _read_esp(n)
@@ -1082,7 +1349,7 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
         nodes.append(MobileNodeConfig(
             name=name, home_address=home_address, auth=auth,
             max_lifetime=node_lifetime, simultaneous_bindings=bindings, nai=nai,
-            esp=esp,
+            esp=esp, ike=node_ike,
         ))
     manhole = _read_manhole(top, state_db)
     return HomeConfig(
@@ -1090,7 +1357,7 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
         home_network=home_network, port=port, replay_window=replay_window,
         max_lifetime=max_lifetime, state_db=state_db,
         mobile_nodes=tuple(nodes), manhole=manhole,
-        warnings=tuple(ctx.warnings), tunnel=tunnel,
+        warnings=tuple(ctx.warnings), tunnel=tunnel, ike=home_ike,
     )
 
 
@@ -1114,7 +1381,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         is unknown, missing, of the wrong type or out of range.
     """
     ctx, doc = _open(path)
-    top = _Reader(ctx, doc, "", ("client", "tunnel", "esp", "transport"))
+    top = _Reader(ctx, doc, "", ("client", "tunnel", "esp", "transport", "ike"))
     c = top.section("client", _CLIENT_KEYS)
     name = c.name("name")
     home_address = c.ipv4("home_address")
@@ -1164,10 +1431,17 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
     )
     transports = _read_transports(top)
     tunnel = _read_client_tunnel(top)
-    if tunnel is not None and not top.has("esp"):
+    if tunnel is not None and not top.has("esp") and not top.has("ike"):
         top.fail("esp", "required section is missing ([tunnel] is configured)",
-                 "an [esp] table with the client's ESP keys")
+                 "an [esp] table with the client's manual ESP keys, or an [ike] table "
+                 "to key the tunnel with IKEv2")
+    if tunnel is not None and top.has("esp") and top.has("ike"):
+        top.fail("ike", "both [esp] (manual keys) and [ike] are given",
+                 "exactly one of them: manual ESP keys or IKEv2")
     esp = _read_esp(top) if top.has("esp") else None
+    ike = _read_client_ike(top, home_agent)
+    if ike is not None and tunnel is None:
+        top.warn("ike", "is ignored because no [tunnel] is configured")
     if tunnel is not None and home_address not in tunnel.home_network:
         top.fail("tunnel", f"client.home_address {home_address} is outside "
                  f"tunnel.home_network {tunnel.home_network}",
@@ -1181,7 +1455,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
         max_attempts=max_attempts, reregister_margin=reregister_margin,
         udp_tunnel=udp_tunnel, nai=nai, status_file=status_file,
         warnings=tuple(ctx.warnings), tunnel=tunnel, esp=esp,
-        transports=transports, climb_back_after=climb_back_after,
+        transports=transports, climb_back_after=climb_back_after, ike=ike,
     )
 
 

@@ -302,7 +302,9 @@ class FileTests(ConfigTestCase):
 
     def test_wrongRole(self) -> None:
         """A client file given to the home loader names the unknown section."""
-        self.assertError(load_home, CLIENT, "client", "unknown key", "home, manhole, mobile_node")
+        self.assertError(
+            load_home, CLIENT, "client", "unknown key", "home, ike, manhole, mobile_node"
+        )
 
     def test_pathLike(self) -> None:
         """The loaders accept C{str} and C{os.PathLike}; C{path} is absolute."""
@@ -407,7 +409,7 @@ class HomeTests(ConfigTestCase):
             HOME + "\n[manhol]\n",
             "manhol",
             "did you mean 'manhole'",
-            "one of: home, manhole, mobile_node",
+            "one of: home, ike, manhole, mobile_node",
         )
 
     def test_unknownHomeKey(self) -> None:
@@ -1317,3 +1319,96 @@ class ModeTests(ConfigTestCase):
         for warning in c.warnings:
             self.assertClean(warning)
         self.assertEqual(os.stat(self.keyFile).st_mode & 0o777, 0o644)
+
+
+HOME_TUNNEL = "\n[tunnel]\ndevice = \"smob-ha0\"\n"
+NODE_IKE = """
+[mobile_node.ike]
+identity = "laptop.example"
+psk_file = "keys/psk"
+"""
+CLIENT_TUNNEL = '\n[tunnel]\nhome_network = "10.10.0.0/24"\n'
+CLIENT_IKE = """
+[ike]
+identity = "laptop.example"
+psk_file = "keys/psk"
+"""
+ONE_NODE = HOME.split("[[mobile_node]]\nname = \"n2\"")[0]
+
+
+class IKETests(ConfigTestCase):
+    """The [ike] tables of the home agent and the client."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def test_homeNodeIKE(self) -> None:
+        """A node keyed by IKE: identity, PSK, defaults of the home agent's [ike]."""
+        c = load_home(self.write(ONE_NODE + NODE_IKE + HOME_TUNNEL))
+        node = c.mobile_nodes[0]
+        assert node.ike is not None and c.ike is not None
+        self.assertEqual((node.ike.identity, node.ike.identity_kind), ("laptop.example", "fqdn"))
+        self.assertEqual(node.ike.psk, b"a-long-enough-shared-secret")
+        self.assertNotIn("secret", repr(node))
+        self.assertIsNone(node.esp)
+        self.assertEqual((c.ike.identity, c.ike.identity_kind), ("192.0.2.1", "ipv4"))
+        self.assertEqual(c.ike.params.proposals[0], "aes128gcm16-prfsha256-ecp256")
+        self.assertEqual(c.ike.ca_db, c.state_db)
+
+    def test_homeIKETable(self) -> None:
+        """The home agent's [ike] table: identity kinds, proposals, lifetimes."""
+        text = ONE_NODE + NODE_IKE + HOME_TUNNEL + (
+            '\n[ike]\nidentity = "ha@example.org"\nproposals = ["aes128-sha256-modp2048"]\n'
+            "lifetime = 0\nliveness = 10\nport = 0\n"
+        )
+        c = load_home(self.write(text))
+        assert c.ike is not None
+        self.assertEqual(c.ike.identity_kind, "rfc822")
+        self.assertEqual(c.ike.params.proposals, ("aes128-sha256-modp2048",))
+        self.assertEqual((c.ike.params.lifetime, c.ike.params.liveness, c.ike.port), (0, 10, 0))
+
+    def test_homeErrors(self) -> None:
+        """Clear errors: both or neither of esp/ike, bad proposals, short secrets."""
+        base = ONE_NODE + HOME_TUNNEL
+        self.assertError(load_home, base, "mobile_node[0].esp", "required section is missing",
+                         "[mobile_node[0].ike]")  # fmt: skip
+        esp = (
+            "\n[mobile_node.esp]\nspi_to_home = 4097\nspi_to_client = 8193\n"
+            f'key_to_home = "{"00" * 20}"\nkey_to_client = "{"11" * 20}"\n'
+        )
+        self.assertError(load_home, ONE_NODE + NODE_IKE + esp + HOME_TUNNEL,
+                         "mobile_node[0].ike", "both [esp]")  # fmt: skip
+        self.assertError(load_home, base + NODE_IKE + '\n[ike]\nproposals = ["aes-foo"]\n',
+                         "ike.proposals[0]", "not a supported IKE proposal")  # fmt: skip
+        self.assertError(load_home, base + NODE_IKE + '\n[ike]\nesp_proposals = []\n',
+                         "ike.esp_proposals", "non-empty")  # fmt: skip
+        self.writeKey("psk", "short\n")
+        self.assertError(load_home, base + NODE_IKE, "mobile_node[0].ike.psk",
+                         "5 characters long")  # fmt: skip
+        pubkey = NODE_IKE.replace('psk_file = "keys/psk"', 'auth = "pubkey"')
+        self.assertError(load_home, base + pubkey, "mobile_node[0].ike.auth",
+                         "own certificate")  # fmt: skip
+        bad_id = NODE_IKE.replace("laptop.example", "not a name!")
+        self.assertError(load_home, base + bad_id, "mobile_node[0].ike.identity",
+                         "not a valid identity")  # fmt: skip
+
+    def test_client(self) -> None:
+        """The client's [ike]: PSK, the home agent's identity defaults to its address."""
+        c = load_client(self.write(CLIENT + CLIENT_TUNNEL + CLIENT_IKE))
+        assert c.ike is not None
+        self.assertIsNone(c.esp)
+        self.assertEqual(c.ike.home_agent_identity, "192.0.2.1")
+        self.assertEqual(c.ike.psk, b"a-long-enough-shared-secret")
+        self.assertNotIn("secret", repr(c.ike))
+
+    def test_clientErrors(self) -> None:
+        """Neither esp nor ike with a tunnel; pubkey without its files."""
+        self.assertError(load_client, CLIENT + CLIENT_TUNNEL, "esp", "[ike] table")
+        pubkey = CLIENT_IKE.replace('psk_file = "keys/psk"', 'auth = "pubkey"')
+        self.assertError(load_client, CLIENT + CLIENT_TUNNEL + pubkey, "ike.cert",
+                         'auth is "pubkey"')  # fmt: skip
+        dn = CLIENT_IKE + 'home_agent_identity = "CN=ha, O=Example"\n'
+        c = load_client(self.write(CLIENT + CLIENT_TUNNEL + dn))
+        assert c.ike is not None
+        self.assertEqual(c.ike.home_agent_identity_kind, "dn")

@@ -102,13 +102,14 @@ class ClientService(service.MultiService):
         self._watcher: Any = None
         self._pending_check: Any = None
         self.data_plane: Any = None
-        if cfg.tunnel is not None and cfg.esp is not None:
+        self.ike: Any = None
+        if cfg.tunnel is not None and (cfg.esp is not None or cfg.ike is not None):
             from smobility.services.dataplane import ClientDataPlane, make_sas
 
             t = cfg.tunnel
             self.data_plane = ClientDataPlane(
                 self.engine,
-                sas=make_sas(cfg.esp, side="client"),
+                sas=make_sas(cfg.esp, side="client") if cfg.esp is not None else None,
                 device=t.device,
                 home_agent=cfg.home_agent,
                 ha_port=t.port,
@@ -122,6 +123,30 @@ class ClientService(service.MultiService):
             self.data_plane.setServiceParent(self)
             self.data_plane.pipe.divert = self.paths.divert_esp
             self.paths.esp_sink = self.data_plane.pipe.receive
+            if cfg.ike is not None:
+                self._add_ike(self.data_plane)
+
+    def _add_ike(self, data_plane: Any) -> None:
+        """The IKEv2 initiator, started after each accepted registration without an IKE SA."""
+        from smobility import pki
+        from smobility.engines.ike import Role
+        from smobility.services.ike_service import IKEService, client_ike_config
+
+        cfg, t = self.cfg, self.cfg.tunnel
+        assert cfg.ike is not None and t is not None
+        try:
+            config, check = client_ike_config(
+                cfg.ike, local_port=t.local_port, ha_port=t.port, clock=self.reactor
+            )
+        except (pki.PKIError, ValueError) as e:
+            raise SystemExit(f"smobility-client: ike: {e}") from None
+        # IKE datagrams are ESP-port datagrams: through the pipe (and the
+        # path manager's divert on an HTTP path), like ESP.
+        self.ike = IKEService(
+            Role.INITIATOR, config, self.reactor, send_nat_t=data_plane.pipe.send_all,
+            cert_check=check,
+        )  # fmt: skip
+        data_plane.attach_ike(self.ike)
 
     def _send_registration(self, data: bytes) -> None:
         self.paths.send_registration(data)
@@ -244,6 +269,8 @@ class ClientService(service.MultiService):
         status["path"] = self.paths.active_label
         if self.data_plane is not None:
             status["tunnel"] = self.data_plane.engine.stats()
+        if self.ike is not None:
+            status["ike"] = self.ike.stats()
         status["events"] = engine.events[-50:]
         tmp = f"{path}.tmp"
         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.task import LoopingCall
@@ -39,6 +39,19 @@ from smobility.engines.mobilenode import MobileNode, State
 from smobility.engines.tunnel import TunnelEngine
 from smobility.services.common import StartupError
 from smobility.wire.esp import NAT_KEEPALIVE, InboundSA, OutboundSA, tunnel_mtu
+
+if TYPE_CHECKING:
+    from smobility.engines.ike import IKESA, ChildSA
+    from smobility.services.ike_service import IKEService
+    from smobility.wire.ikev2 import Identity
+
+
+def child_sas(child: ChildSA) -> tuple[InboundSA, OutboundSA]:
+    """The (inbound, outbound) SAs of a CHILD_SA that IKE negotiated."""
+    return (
+        InboundSA.from_keymat(child.inbound_spi, child.inbound_keymat),
+        OutboundSA.from_keymat(child.outbound_spi, child.outbound_keymat),
+    )
 
 
 def make_sas(keys: ESPKeys, *, side: str) -> tuple[InboundSA, OutboundSA]:
@@ -214,6 +227,93 @@ class HomeDataPlane(service.Service):
         self.engine = TunnelEngine(clock=reactor, mtu=self.mtu, local_inner=lan_address)
         self.pipe = TunnelPipe(self.engine, device=device, reactor=reactor)
         self.installed: dict[str, IPv4Address] = {}
+        # IKEv2 (attach_ike): the SAs of each node's CHILD_SA, kept while no
+        # binding exists, and the node's IKE identity.
+        self.ike: IKEService | None = None
+        self.ike_port = 0
+        self.ike_names: dict[str, str] = {}
+        self.ike_ids: dict[str, Identity] = {}
+        self.ike_sas: dict[str, tuple[InboundSA, OutboundSA]] = {}
+        self._ike_listener: Any = None
+
+    def attach_ike(
+        self, ike: IKEService, names: dict[str, str], ids: dict[str, Identity], port: int
+    ) -> None:
+        """Key the tunnels of IKE nodes with ``ike`` (a responder).
+
+        ``names`` maps a peer identity (``str``) to its node, ``ids`` a node
+        to its identity; ``port`` is the plain IKE port to listen on (0: none,
+        only the NAT-T port through the tunnel engine).
+        """
+        self.ike = ike
+        self.ike_names = names
+        self.ike_ids = ids
+        self.ike_port = port
+        ike.on_up = self.child_up
+        ike.on_down = self.child_down
+        local = (self.listen, self.esp_port)
+        self.engine.on_ike = lambda message, addr: ike.receive(message, addr, local)
+        ike.send_nat_t = self.pipe.send_all
+
+    def _listen_ike(self) -> None:
+        if self.ike is None or not self.ike_port:
+            return
+        from twisted.internet.error import CannotListenError
+
+        from smobility.services.ike_service import IKEPort
+
+        proto = IKEPort(self.ike, (self.listen, self.ike_port))
+        try:
+            self._ike_listener = self.reactor.listenUDP(
+                self.ike_port, proto, interface=self.listen
+            )
+        except CannotListenError as e:
+            raise StartupError(
+                f"cannot listen on UDP {self.listen}:{self.ike_port} for IKE ({e.socketError})"
+            ) from None
+        self.ike.send_plain = proto.send_all
+
+    def child_up(self, child: ChildSA) -> None:
+        """A CHILD_SA for a node: its SAs replace any others, now or when it registers."""
+        node = self.ike_names.get(str(child.peer_id))
+        if node is None:
+            self.log.warn("CHILD_SA for unknown identity {id}", id=str(child.peer_id))
+            return
+        self.ike_sas[node] = child_sas(child)
+        route = self.engine.by_node.get(node)
+        if route is None:
+            self.log.info(
+                "IKE SAs for {node} kept until it registers (spi_in 0x{i:08x})",
+                node=node, i=child.inbound_spi,
+            )
+            self.bindings_changed(node, list(self.home.bindings.get(node, [])))
+            return
+        inbound, outbound = self.ike_sas[node]
+        inner = IPv4Address(route.inner) if route.inner is not None else None
+        self.engine.install(node, inner, inbound, outbound, route.addr, route.sources, route.path)
+        self.log.info(
+            "tunnel to {node} now keyed by IKE: spi_in 0x{i:08x} spi_out 0x{o:08x}",
+            node=node, i=child.inbound_spi, o=child.outbound_spi,
+        )
+
+    def child_down(self, child: ChildSA, reason: str) -> None:
+        """A CHILD_SA is gone: its SAs leave the data plane."""
+        node = self.ike_names.get(str(child.peer_id))
+        if node is None:
+            return
+        current = self.ike_sas.get(node)
+        if current is None or current[0].spi != child.inbound_spi:
+            return  # an older one, already replaced
+        del self.ike_sas[node]
+        route = self.engine.by_node.get(node)
+        if route is not None and route.inbound.spi == child.inbound_spi:
+            self.engine.remove(node)
+            self.log.info("tunnel to {node} has no SAs ({why})", node=node, why=reason)
+
+    def _sas_for(self, node: str) -> tuple[InboundSA, OutboundSA] | None:
+        if node in self.ike_ids:
+            return self.ike_sas.get(node)
+        return self.sas.get(node)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         self.pipe.open(self.listen, self.esp_port)
@@ -232,6 +332,11 @@ class HomeDataPlane(service.Service):
         except NetlinkError as e:
             self.pipe.close()
             raise StartupError(str(e)) from None
+        try:
+            self._listen_ike()
+        except StartupError:
+            self.pipe.close()
+            raise
         self.log.info(
             "data plane: TUN {dev} (MTU {mtu}), ESP-in-UDP on {listen}:{port}, proxy ARP on {lan}",
             dev=self.pipe.tun.name,
@@ -252,6 +357,11 @@ class HomeDataPlane(service.Service):
 
     def stopService(self) -> None:  # noqa: N802
         super().stopService()
+        if self.ike is not None:
+            self.ike.stop()
+        if self._ike_listener is not None:
+            self._ike_listener.stopListening()
+            self._ike_listener = None
         for node in list(self.installed):
             self._withdraw(node)
         self.pipe.close()
@@ -261,8 +371,12 @@ class HomeDataPlane(service.Service):
         if not bindings:
             self._withdraw(node)
             return
-        if node not in self.sas:
-            self.log.warn("no ESP keys for {node}: registered, but no tunnel", node=node)
+        sas = self._sas_for(node)
+        if sas is None:
+            if node in self.ike_ids:
+                self.log.info("{node} registered; its tunnel waits for IKE", node=node)
+            else:
+                self.log.warn("no ESP keys for {node}: registered, but no tunnel", node=node)
             return
         b = max(bindings, key=lambda x: x.registered)
         coa = str(b.care_of_address)
@@ -277,10 +391,13 @@ class HomeDataPlane(service.Service):
         sources = {coa, b.source_host}
         path = "nat" if b.nat else b.path
         if route is None:
-            inbound, outbound = self.sas[node]
+            inbound, outbound = sas
             self.engine.install(node, b.home_address, inbound, outbound, addr, sources, path)
         else:
             self.engine.move(node, addr, sources, path)
+        if self.ike is not None and node in self.ike_ids:
+            # The registration is authenticated: the node's IKE SA follows it.
+            self.ike.move_peer(self.ike_ids[node], addr)
         if node not in self.installed:
             self.installed[node] = b.home_address
             self._capture(node, b.home_address)
@@ -345,7 +462,7 @@ class ClientDataPlane(service.Service):
         self,
         node: MobileNode,
         *,
-        sas: tuple[InboundSA, OutboundSA],
+        sas: tuple[InboundSA, OutboundSA] | None,
         device: str,
         home_agent: IPv4Address,
         ha_port: int,
@@ -370,20 +487,100 @@ class ClientDataPlane(service.Service):
         self.netlink = netlink
         self.engine = TunnelEngine(clock=reactor, mtu=self.mtu, local_inner=self.hoa)
         self.pipe = TunnelPipe(self.engine, device=device, reactor=reactor, on_inner=self._inner)
-        inbound, outbound = sas
-        self.engine.install(
-            node.settings.name,
-            None,
-            inbound,
-            outbound,
-            (str(home_agent), ha_port),
-            {str(home_agent)},
-        )
+        if sas is not None:
+            self._install(sas)
+        self.ike: IKEService | None = None
+        self.ike_sa: IKESA | None = None
+        self._ike_retry: Any = None
+        self.ike_sas: tuple[InboundSA, OutboundSA] | None = None
         self.routed = False
         self.extra_routes: list[tuple[IPv4Network, str | None, str | None]] = []
         self._keepalive: LoopingCall | None = None
         self._awaiting_first: float | None = None
         self._last: tuple[State, IPv4Address | None, float | None] | None = None
+
+    def _install(self, sas: tuple[InboundSA, OutboundSA]) -> None:
+        inbound, outbound = sas
+        self.engine.install(
+            self.node.settings.name,
+            None,
+            inbound,
+            outbound,
+            (str(self.home_agent), self.ha_port),
+            {str(self.home_agent)},
+        )
+
+    def attach_ike(self, ike: IKEService) -> None:
+        """Key the tunnel with ``ike`` (an initiator), started after each accepted registration."""
+        self.ike = ike
+        ike.on_up = self.child_up
+        ike.on_down = self.child_down
+        ike.on_event_extra = self._ike_event
+        ike.send_nat_t = self.pipe.send_all
+        local = ("0.0.0.0", self.local_port or 4500)  # noqa: S104 - follows every uplink
+        self.engine.on_ike = lambda message, addr: ike.receive(message, addr, local)
+
+    def _start_ike(self) -> None:
+        """Run IKE with the home agent unless an IKE SA exists or is being made."""
+        if self._ike_retry is not None and self._ike_retry.active():
+            self._ike_retry.cancel()
+        self._ike_retry = None
+        if self.ike is None or self.node.state is not State.REGISTERED:
+            return
+        sa = self.ike_sa
+        if sa is not None and self.ike.engine.sas.get(sa.our_spi) is sa and sa.state.value in (
+            "init-sent", "auth-sent", "established",
+        ):
+            return
+        # A rekeyed IKE SA is replaced by its successor: keep that one.
+        live = self.ike.engine.established()
+        if live:
+            self.ike_sa = live[0]
+            return
+        self.log.info("registered: starting IKE with {ha}", ha=self.home_agent)
+        self.node.note_event("ike-start")
+        self.ike_sa = self.ike.initiate(
+            (str(self.home_agent), self.ha_port),
+            local=("0.0.0.0", self.local_port or 4500),  # noqa: S104
+        )
+
+    def _ike_event(self, event: object) -> None:
+        from smobility.engines.ike import IKEFailed, IKESADown, IKESAUp
+
+        if isinstance(event, IKESAUp):
+            self.node.note_event("ike-up")
+        if isinstance(event, IKESADown) or (
+            isinstance(event, IKEFailed) and not event.child_only and not event.rekey
+        ):
+            if self.ike is not None and not self.ike.engine.established():
+                self.ike_sa = None
+                if self._ike_retry is None or not self._ike_retry.active():
+                    self._ike_retry = self.reactor.callLater(5.0, self._start_ike)
+
+    def child_up(self, child: ChildSA) -> None:
+        """The CHILD_SA's SAs replace whatever the tunnel had."""
+        self.ike_sas = child_sas(child)
+        self._install(self.ike_sas)
+        self.node.note_event(
+            "child-sa", spi_in=f"0x{child.inbound_spi:08x}", spi_out=f"0x{child.outbound_spi:08x}"
+        )
+        self.node.notify()
+        self.log.info(
+            "tunnel keyed by IKE: spi_in 0x{i:08x} spi_out 0x{o:08x}",
+            i=child.inbound_spi, o=child.outbound_spi,
+        )
+        if self.node.state is State.REGISTERED:
+            dummy = self.engine.dummy(self.node.settings.name)
+            if dummy is not None:
+                self.pipe.send(*dummy)
+
+    def child_down(self, child: ChildSA, reason: str) -> None:
+        """A CHILD_SA is gone: no SAs until the next one."""
+        route = self.engine.by_node.get(self.node.settings.name)
+        if route is not None and route.inbound.spi == child.inbound_spi:
+            self.engine.remove(self.node.settings.name)
+            self.ike_sas = None
+            self.log.info("tunnel has no SAs ({why})", why=reason)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         self.pipe.open("0.0.0.0", self.local_port)  # noqa: S104 - follows every uplink
@@ -416,6 +613,10 @@ class ClientDataPlane(service.Service):
 
     def stopService(self) -> None:  # noqa: N802
         super().stopService()
+        if self._ike_retry is not None and self._ike_retry.active():
+            self._ike_retry.cancel()
+        if self.ike is not None:
+            self.ike.stop()
         self._stop_keepalive()
         self._unroute()
         self.pipe.close()
@@ -440,6 +641,14 @@ class ClientDataPlane(service.Service):
                 self._start_keepalive(node.keepalive or self.keepalive_default)
             else:
                 self._stop_keepalive()
+            if self.ike is not None:
+                if self.ike.engine.established():
+                    # A move: no new IKE SA.  The home agent's side follows the
+                    # registration; a liveness check tells it our NAT mapping
+                    # through authenticated IKE too.
+                    self.ike.check_liveness()
+                else:
+                    self._start_ike()
         elif state is State.DEREGISTERING and coa == self.hoa:
             # Back on the home LAN: use it at once, while the home agent
             # confirms the deregistration.

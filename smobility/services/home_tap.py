@@ -87,6 +87,8 @@ class HomeAgentService(service.MultiService):
         self.engine: HomeAgent | None = None
         self.port: IListeningPort | None = None
         self.data_plane: Any = None
+        self.ike: Any = None
+        self.pki_store: Any = None
 
     def _open(self) -> HomeAgent:
         if self.engine is None:
@@ -126,7 +128,58 @@ class HomeAgentService(service.MultiService):
             reactor=self.reactor,
         )
         engine.keepalive_interval = t.keepalive
+        if self.cfg.ike is not None and any(n.ike is not None for n in self.cfg.mobile_nodes):
+            self._add_ike(self.data_plane)
         self.data_plane.setServiceParent(self)
+
+    def _add_ike(self, data_plane: Any) -> None:
+        """The IKEv2 responder that keys the tunnels of IKE nodes."""
+        from smobility import pki
+        from smobility.engines.ike import Role
+        from smobility.services.ike_service import (
+            IKEService,
+            home_cert_check,
+            home_ike_config,
+            make_identity,
+        )
+        from smobility.store.pki import PKIStore
+
+        cfg, ike, t = self.cfg, self.cfg.ike, self.cfg.tunnel
+        assert ike is not None and t is not None
+        anchors: tuple[Any, ...] = ()
+        check = None
+        if any(n.ike is not None and n.ike.auth == "pubkey" for n in cfg.mobile_nodes):
+            try:
+                self.pki_store = PKIStore(ike.ca_db, create=False)
+                if not self.pki_store.has_ca():
+                    raise pki.PKIError(
+                        f"{ike.ca_db} holds no CA (smobility-ctl pki init --db {ike.ca_db})"
+                    )
+                anchors = (self.pki_store.ca_certificate(),)
+            except pki.PKIError as e:
+                raise SystemExit(f"smobility-home: ike.ca_db: {e}") from None
+            check = home_cert_check(self.pki_store, self.reactor)
+        try:
+            config, names = home_ike_config(
+                ike, cfg.mobile_nodes, listen=t.listen, nat_t_port=t.port, trust_anchors=anchors
+            )
+        except (pki.PKIError, ValueError) as e:
+            raise SystemExit(f"smobility-home: ike: {e}") from None
+        service_ = IKEService(
+            Role.RESPONDER, config, self.reactor, send_nat_t=data_plane.pipe.send_all,
+            cert_check=check,
+        )  # fmt: skip
+        ids = {
+            n.name: make_identity(n.ike.identity, n.ike.identity_kind)
+            for n in cfg.mobile_nodes
+            if n.ike is not None
+        }
+        data_plane.attach_ike(service_, names, ids, ike.port)
+        self.ike = service_
+        self.log.info(
+            "IKEv2 responder as {id} for {n} node(s), ports {p} and {q}",
+            id=ike.identity, n=len(ids), p=ike.port or "-", q=t.port,
+        )
 
     def _add_manhole(self, engine: HomeAgent) -> None:
         m = self.cfg.manhole
@@ -137,6 +190,7 @@ class HomeAgentService(service.MultiService):
             "nodes": engine.nodes,
             "counters": engine.counters,
             "tunnel": lambda: self.data_plane.engine.stats() if self.data_plane else None,
+            "ike": lambda: self.ike.stats() if self.ike else None,
             "service": self,
         }
         try:
@@ -199,6 +253,9 @@ class HomeAgentService(service.MultiService):
             if self.store is not None:
                 self.store.close()
                 self.store = None
+            if self.pki_store is not None:
+                self.pki_store.close()
+                self.pki_store = None
             self.engine = None
             self.log.info("home agent stopped")
 
