@@ -260,3 +260,37 @@ class TunnelEngineTests(SynchronousTestCase):
         short = ipv4.ipv4_packet(CN, HOA, 6, b"\0" * 8)
         self.assertEqual(t.home_to_client([short]), [short])
         self.assertEqual(t.home.counters["mss_clamped"], 1)
+
+
+class RekeyTests(SynchronousTestCase):
+    """Make before break: packets under the old inbound SA pass until it is retired."""
+
+    def test_old_sa_accepted_until_retired(self) -> None:
+        t = TunnelPair()
+        # Packets sealed by the client under the old SA, still in flight.
+        in_flight: list[tuple[bytes, tuple[str, int]]] = []
+        t.client.from_tun([udp_packet(HOA, CN)] * 3, in_flight, [])
+        k3, k4 = os.urandom(20), os.urandom(20)
+        new_in, new_out = InboundSA.from_keymat(0x1002, k3), OutboundSA.from_keymat(0x2002, k4)
+        t.home.rekey("laptop", new_in, new_out)
+        route = t.client.by_node["laptop"]
+        t.client.rekey(
+            "laptop", InboundSA.from_keymat(0x2002, k4), OutboundSA.from_keymat(0x1002, k3)
+        )
+        del route
+        # Old packets: accepted. New packets: accepted, under the new SA.
+        for datagram, _ in in_flight:
+            self.assertIsNotNone(t.home.from_udp(datagram, (COA, 4500)))
+        self.assertEqual(t.client_to_home([udp_packet(HOA, CN)]), [udp_packet(HOA, CN)])
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        t.home.from_tun([udp_packet(CN, HOA)], out, [])
+        self.assertEqual(struct.unpack("!I", out[0][0][:4])[0], 0x2002)
+        self.assertEqual(t.home.counters["unknown_spi"], 0)
+        # Retired: the old SPI is unknown from now on.
+        late: list[tuple[bytes, tuple[str, int]]] = []
+        old_client = OutboundSA.from_keymat(0x1001, K1, seq=100)
+        late.append((old_client.seal(udp_packet(HOA, CN)), (HA, 4500)))
+        t.home.retire("laptop", 0x1001)
+        self.assertIsNone(t.home.from_udp(late[0][0], (COA, 4500)))
+        self.assertEqual(t.home.counters["unknown_spi"], 1)
+        self.assertEqual(t.home.by_node["laptop"].inbound.spi, 0x1002)

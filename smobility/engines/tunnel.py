@@ -62,6 +62,7 @@ class Route:
         "node",
         "inner",
         "inbound",
+        "old_inbound",
         "outbound",
         "addr",
         "sources",
@@ -87,6 +88,7 @@ class Route:
         self.node = node
         self.inner = inner
         self.inbound = inbound
+        self.old_inbound: InboundSA | None = None
         self.outbound = outbound
         self.addr = addr
         self.sources = sources
@@ -207,6 +209,35 @@ class TunnelEngine:
         route.path = path
         return route
 
+    def rekey(self, node: str, inbound: InboundSA, outbound: OutboundSA) -> Route | None:
+        """Switch the node's route to new SAs, make before break.
+
+        Sending uses ``outbound`` at once; packets still in flight under the
+        old inbound SA are accepted until :meth:`retire` is called for it
+        (when the old CHILD_SA is deleted), so no packet is refused during
+        the switch.
+        """
+        route = self.by_node.get(node)
+        if route is None:
+            return None
+        if route.old_inbound is not None:
+            self.inbound.pop(route.old_inbound.spi, None)
+        route.old_inbound = route.inbound
+        route.inbound = inbound
+        route.outbound = outbound
+        route.expired_logged = False
+        self.inbound[inbound.spi] = route
+        return route
+
+    def retire(self, node: str, spi: int) -> None:
+        """Stop accepting the node's old inbound SA ``spi`` (after a rekey)."""
+        route = self.by_node.get(node)
+        if route is None or route.old_inbound is None or route.old_inbound.spi != spi:
+            return
+        if self.inbound.get(spi) is route:
+            del self.inbound[spi]
+        route.old_inbound = None
+
     def remove(self, node: str) -> None:
         """Forget the node's route (its SAs go with it)."""
         route = self.by_node.pop(node, None)
@@ -216,6 +247,8 @@ class TunnelEngine:
     def _unlink(self, route: Route) -> None:
         if self.inbound.get(route.inbound.spi) is route:
             del self.inbound[route.inbound.spi]
+        if route.old_inbound is not None and self.inbound.get(route.old_inbound.spi) is route:
+            del self.inbound[route.old_inbound.spi]
         if route.inner is None:
             if self.default is route:
                 self.default = None
@@ -310,18 +343,23 @@ class TunnelEngine:
             if len(datagram) < 8 or datagram[:4] == NON_ESP_MARKER:
                 self._not_esp(datagram, addr)
                 continue
-            route = inbound.get(unpack(datagram)[0])
+            spi = unpack(datagram)[0]
+            route = inbound.get(spi)
             if route is None:
                 counters["unknown_spi"] += 1
-                self._log_unknown(unpack(datagram)[0], addr)
+                self._log_unknown(spi, addr)
                 continue
+            sa = route.inbound
+            if sa.spi != spi:
+                # The SA a rekey replaced: still accepted until retired.
+                sa = route.old_inbound  # type: ignore[assignment]
             if addr[0] not in route.sources:
                 # RFC 3024: only from the registered care-of (or NAT) address.
                 route.drops["bad_source"] += 1
                 counters["bad_source"] += 1
                 continue
             try:
-                inner = route.inbound.open(datagram)
+                inner = sa.open(datagram)
             except ESPError as e:
                 route.drops[e.reason] += 1
                 counters[e.reason] += 1

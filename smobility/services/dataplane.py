@@ -289,8 +289,14 @@ class HomeDataPlane(service.Service):
             self.bindings_changed(node, list(self.home.bindings.get(node, [])))
             return
         inbound, outbound = self.ike_sas[node]
-        inner = IPv4Address(route.inner) if route.inner is not None else None
-        self.engine.install(node, inner, inbound, outbound, route.addr, route.sources, route.path)
+        if child.replaces is not None:
+            # A rekey: the old inbound SA stays until the old CHILD_SA goes.
+            self.engine.rekey(node, inbound, outbound)
+        else:
+            inner = IPv4Address(route.inner) if route.inner is not None else None
+            self.engine.install(
+                node, inner, inbound, outbound, route.addr, route.sources, route.path
+            )
         self.log.info(
             "tunnel to {node} now keyed by IKE: spi_in 0x{i:08x} spi_out 0x{o:08x}",
             node=node, i=child.inbound_spi, o=child.outbound_spi,
@@ -301,6 +307,7 @@ class HomeDataPlane(service.Service):
         node = self.ike_names.get(str(child.peer_id))
         if node is None:
             return
+        self.engine.retire(node, child.inbound_spi)
         current = self.ike_sas.get(node)
         if current is None or current[0].spi != child.inbound_spi:
             return  # an older one, already replaced
@@ -560,7 +567,12 @@ class ClientDataPlane(service.Service):
     def child_up(self, child: ChildSA) -> None:
         """The CHILD_SA's SAs replace whatever the tunnel had."""
         self.ike_sas = child_sas(child)
-        self._install(self.ike_sas)
+        name = self.node.settings.name
+        if child.replaces is not None and name in self.engine.by_node:
+            # A rekey: make before break (the old inbound SA stays until deleted).
+            self.engine.rekey(name, *self.ike_sas)
+        else:
+            self._install(self.ike_sas)
         self.node.note_event(
             "child-sa", spi_in=f"0x{child.inbound_spi:08x}", spi_out=f"0x{child.outbound_spi:08x}"
         )
@@ -576,6 +588,7 @@ class ClientDataPlane(service.Service):
 
     def child_down(self, child: ChildSA, reason: str) -> None:
         """A CHILD_SA is gone: no SAs until the next one."""
+        self.engine.retire(self.node.settings.name, child.inbound_spi)
         route = self.engine.by_node.get(self.node.settings.name)
         if route is not None and route.inbound.spi == child.inbound_spi:
             self.engine.remove(self.node.settings.name)

@@ -303,8 +303,8 @@ class IKEService:
                 peer=str(child.peer_id), i=child.inbound_spi, o=child.outbound_spi,
                 suite=str(child.suite),
             )  # fmt: skip
-            # A rekey's successor goes in at ChildSARekeyed (make before break
-            # is left to the engine; the data plane holds one SA pair per node).
+            # A rekey's successor goes in at ChildSARekeyed, where the data
+            # plane switches to it and keeps the old inbound SA until deleted.
             if child.replaces is None and self.on_up is not None:
                 self.on_up(child)
         elif isinstance(event, ChildSARekeyed):
