@@ -214,19 +214,22 @@ class InMemoryTests(SynchronousTestCase):
         self.assertTrue(any(x[16:20] == IPv4Address("10.77.0.100").packed for x in p.inner_home))
         self.assertTrue(any(x[16:20] == HOA.packed for x in p.inner_client))
 
-    def test_child_sa_before_binding_is_kept(self) -> None:
+    def test_child_sa_before_binding_then_binding_takes_over(self) -> None:
         p = Pair(self)
         p.node.state = State.REGISTERED
         p.cdp._start_ike()
         p.pump()
-        self.assertNotIn("laptop", p.hdp.engine.by_node)
+        # No binding yet, CP gave the home address: served by IKE alone.
         self.assertIn("laptop", p.hdp.ike_sas)
+        self.assertEqual(p.hdp.engine.by_node["laptop"].path, "ike")
+        self.assertEqual(p.hdp.ike_only, {"laptop"})
         b = _binding("198.51.100.7", "198.51.100.7", False, p.clock.seconds())
         p.home.bindings["laptop"] = [b]
         p.hdp.bindings_changed("laptop", [b])
-        self.assertEqual(
-            p.hdp.engine.by_node["laptop"].inbound.spi, p.hdp.ike_sas["laptop"][0].spi
-        )
+        route = p.hdp.engine.by_node["laptop"]
+        self.assertEqual(route.inbound.spi, p.hdp.ike_sas["laptop"][0].spi)
+        self.assertEqual(route.addr, ("198.51.100.7", 4500))
+        self.assertEqual(p.hdp.ike_only, set())
 
     def test_move_keeps_the_ike_sa(self) -> None:
         p = Pair(self)

@@ -10,6 +10,9 @@ how routes follow registrations:
   answers ARP for it on the home LAN (a proxy neighbour entry, announced with
   gratuitous ARPs) and points the node's route at its care-of address, or at
   the NAT mapping when the registration showed NAT.  No binding: all undone.
+  A node that only runs IKEv2 (a stock client: CP gave it its home address,
+  it never registers) is captured the same way while its CHILD_SA lives,
+  routed to its IKE peer's NAT-T address; a later binding takes over.
 - :class:`ClientDataPlane` listens to the mobile node's registration state.
   Registered from away: the home network (or everything) is routed into the
   TUN device, which carries the permanent address; at home: those routes go,
@@ -234,6 +237,9 @@ class HomeDataPlane(service.Service):
         self.ike_names: dict[str, str] = {}
         self.ike_ids: dict[str, Identity] = {}
         self.ike_sas: dict[str, tuple[InboundSA, OutboundSA]] = {}
+        # Nodes served by IKE alone (a stock IKEv2 client, no registration):
+        # routed to the IKE peer's NAT-T address, home address captured.
+        self.ike_only: set[str] = set()
         self._ike_listener: Any = None
 
     def attach_ike(
@@ -274,20 +280,34 @@ class HomeDataPlane(service.Service):
         self.ike.send_plain = proto.send_all
 
     def child_up(self, child: ChildSA) -> None:
-        """A CHILD_SA for a node: its SAs replace any others, now or when it registers."""
+        """A CHILD_SA for a node: its SAs replace any others, now or when it registers.
+
+        A node without a binding whose CP request was answered with its home
+        address (a stock IKEv2 client, which never registers) is served by
+        IKE alone: its route points at the IKE peer's NAT-T address and its
+        home address is captured on the home LAN, as a registration would.
+        """
         node = self.ike_names.get(str(child.peer_id))
         if node is None:
             self.log.warn("CHILD_SA for unknown identity {id}", id=str(child.peer_id))
             return
         self.ike_sas[node] = child_sas(child)
         route = self.engine.by_node.get(node)
-        if route is None:
+        bindings = list(self.home.bindings.get(node, []))
+        if route is None and bindings:
+            self.bindings_changed(node, bindings)
+            return
+        if not bindings and (route is None or (node in self.ike_only and child.replaces is None)):
+            # A new CHILD_SA (maybe of a new IKE SA, from a new address).
+            if child.replaces is None and self._serve_ike_only(node, child):
+                return
+            self._withdraw(node)  # no binding: nothing of an earlier route stays
             self.log.info(
                 "IKE SAs for {node} kept until it registers (spi_in 0x{i:08x})",
                 node=node, i=child.inbound_spi,
             )
-            self.bindings_changed(node, list(self.home.bindings.get(node, [])))
             return
+        assert route is not None
         inbound, outbound = self.ike_sas[node]
         if child.replaces is not None:
             # A rekey: the old inbound SA stays until the old CHILD_SA goes.
@@ -302,8 +322,38 @@ class HomeDataPlane(service.Service):
             node=node, i=child.inbound_spi, o=child.outbound_spi,
         )
 
+    def _serve_ike_only(self, node: str, child: ChildSA) -> bool:
+        """Route ``node`` by its IKE SA alone; False if CP gave it no address."""
+        hoa = self.ike.assigned_address(child) if self.ike is not None else None
+        if hoa is None:
+            return False
+        host, port = child.peer_addr
+        # RFC 3948: ESP in UDP to the port the peer's IKE moved to (4500, or
+        # its NAT mapping of 4500); never to the plain IKE port.
+        addr = (host, 4500 if port == self.ike_port or port == 500 else port)
+        inbound, outbound = self.ike_sas[node]
+        # Authenticated source: ESP from the IKE peer's address only.
+        self.engine.install(node, hoa, inbound, outbound, addr, {host}, "ike")
+        self.ike_only.add(node)
+        if self.installed.get(node) != hoa:
+            if node in self.installed:
+                self._release(node)
+            self.installed[node] = hoa
+            self._capture(node, hoa)
+        self.log.info(
+            "tunnel to {node} ({hoa}) by IKE alone, no registration: via {host}:{port} "
+            "(spi_in 0x{i:08x} spi_out 0x{o:08x})",
+            node=node, hoa=hoa, host=addr[0], port=addr[1], i=child.inbound_spi,
+            o=child.outbound_spi,
+        )  # fmt: skip
+        return True
+
     def child_down(self, child: ChildSA, reason: str) -> None:
-        """A CHILD_SA is gone: its SAs leave the data plane."""
+        """A CHILD_SA is gone: its SAs leave the data plane.
+
+        A node served by IKE alone (no binding) is withdrawn altogether:
+        route, host route and proxy ARP.
+        """
         node = self.ike_names.get(str(child.peer_id))
         if node is None:
             return
@@ -314,6 +364,9 @@ class HomeDataPlane(service.Service):
         del self.ike_sas[node]
         route = self.engine.by_node.get(node)
         if route is not None and route.inbound.spi == child.inbound_spi:
+            if node in self.ike_only and not self.home.bindings.get(node):
+                self._withdraw(node)
+                return
             self.engine.remove(node)
             self.log.info("tunnel to {node} has no SAs ({why})", node=node, why=reason)
 
@@ -385,6 +438,8 @@ class HomeDataPlane(service.Service):
             else:
                 self.log.warn("no ESP keys for {node}: registered, but no tunnel", node=node)
             return
+        # A node served by IKE alone registers: the binding takes over.
+        self.ike_only.discard(node)
         b = max(bindings, key=lambda x: x.registered)
         coa = str(b.care_of_address)
         route = self.engine.by_node.get(node)
@@ -444,11 +499,16 @@ class HomeDataPlane(service.Service):
             self._announce(hoa, count)
 
     def _withdraw(self, node: str) -> None:
-        hoa = self.installed.pop(node, None)
+        self.ike_only.discard(node)
         route = self.engine.by_node.get(node)
         if route is not None:
             # Keep the SA objects (sequence numbers, replay window) for later.
             self.engine.remove(node)
+        self._release(node)
+
+    def _release(self, node: str) -> None:
+        """Undo :meth:`_capture`: the host route and the proxy neighbour entry go."""
+        hoa = self.installed.pop(node, None)
         if hoa is None or self.netlink is None or self.pipe.tun is None:
             return
         try:

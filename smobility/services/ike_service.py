@@ -47,6 +47,7 @@ from smobility.engines.ike import (
     IKEEvent,
     IKEFailed,
     IKESADown,
+    IKESARekeyed,
     IKESAUp,
     IKESuite,
     PeerConfig,
@@ -96,6 +97,21 @@ class CheckingIKEEngine(IKEEngine):
     """
 
     cert_check: CertCheck | None = None
+    #: Responder: the inner address each IKE SA's peer was given by CP, by (SPIi, SPIr).
+    assigned: dict[tuple[bytes, bytes], IPv4Address]
+
+    def _responder_child(  # type: ignore[override]
+        self, sa: IKESA, msg: Message, peer: PeerConfig
+    ) -> tuple[list[ikev2.Payload], ChildSA]:
+        payloads, child = super()._responder_child(sa, msg, peer)
+        for key in [k for k in self.assigned if k[1] not in self.sas]:
+            del self.assigned[key]  # IKE SAs that died without an IKESADown
+        for p in payloads:
+            if isinstance(p, ikev2.CP) and p.cfg_type == ikev2.CFG_REPLY:
+                for value in p.values(ikev2.CFG_INTERNAL_IP4_ADDRESS):
+                    if len(value) == 4:
+                        self.assigned[(sa.spi_i, sa.spi_r)] = IPv4Address(value)
+        return payloads, child
 
     def _check_peer_auth(  # type: ignore[override]
         self, sa: IKESA, peer: PeerConfig, identity: Identity, auth: ikev2.Auth, msg: Message
@@ -142,6 +158,7 @@ class IKEService:
         self.on_event_extra = on_event
         self.engine = CheckingIKEEngine(role, config, reactor, on_event=self._event)
         self.engine.cert_check = cert_check
+        self.engine.assigned = {}
         self.timer: Any = None
         self.events: list[str] = []
         self.stopped = False
@@ -253,6 +270,14 @@ class IKEService:
                 )  # fmt: skip
                 self._set_remote(sa, addr)
 
+    def assigned_address(self, child: ChildSA) -> IPv4Address | None:
+        """The inner address we gave the peer of ``child``'s IKE SA by CP, if any.
+
+        Only a responder gives addresses: the one configured for the peer
+        (:attr:`PeerConfig.internal_address`), in the CP reply of IKE_AUTH.
+        """
+        return self.engine.assigned.get(child.ike_spis)
+
     def check_liveness(self) -> None:
         """An empty INFORMATIONAL on every established IKE SA (tells the peer our address)."""
         for sa in self.engine.established():
@@ -287,7 +312,13 @@ class IKEService:
                 peer=str(event.peer_id), host=event.peer_addr[0], port=event.peer_addr[1],
                 suite=str(event.suite),
             )  # fmt: skip
+        elif isinstance(event, IKESARekeyed):
+            # The CHILD_SAs move to the new IKE SA; so does what CP gave.
+            given = self.engine.assigned.pop((event.old_spi_i, event.old_spi_r), None)
+            if given is not None:
+                self.engine.assigned[(event.spi_i, event.spi_r)] = given
         elif isinstance(event, IKESADown):
+            self.engine.assigned.pop((event.spi_i, event.spi_r), None)
             self.log.info(
                 "IKE: IKE SA with {peer} down ({why})", peer=str(event.peer_id), why=event.reason
             )
