@@ -18,7 +18,8 @@ from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smobility.bench import cpu, report, runner, tunnel
+from smobility.bench import cpu, http, ike, openvpn, report, runner, tunnel
+from smobility.bench.context import BenchError
 from smobility.bench.iperf import IperfError, client_argv, parse_iperf3
 from smobility.bench.results import Column, Row, ScenarioResult, median, ratio, stamp
 
@@ -340,6 +341,18 @@ class CommandLineTests(SynchronousTestCase):
         args = runner.parse_args(["--only", "smobility,openvpn"])
         self.assertEqual(args.only, ["smobility", "openvpn"])
 
+    def test_http_scenario(self) -> None:
+        """The http scenario is registered, after tunnel; its peers are smobility and openvpn."""
+        self.assertEqual(list(runner.SCENARIOS)[:2], ["tunnel", "http"])
+        self.assertIs(runner.SCENARIOS["http"], http.SCENARIO)
+        args = runner.parse_args(["--scenario", "http", "--quick", "--only", "openvpn"])
+        self.assertEqual((args.scenario, args.only, args.duration), (["http"], ["openvpn"], 4.0))
+        with mock.patch("sys.stderr"):
+            e = self.assertRaises(
+                SystemExit, runner.parse_args, ["--scenario", "http", "--only", "wireguard"]
+            )
+        self.assertEqual(e.code, 2)
+
     def test_bad_options(self) -> None:
         """Unknown peers or scenarios, bad numbers: usage errors (exit 2)."""
         for argv in (
@@ -364,3 +377,291 @@ class CommandLineTests(SynchronousTestCase):
         lab.assert_not_called()
         written = "".join(str(c.args[0]) for c in err.write.call_args_list)
         self.assertIn("needs root", written)
+
+
+class OpenVpnTcpTests(SynchronousTestCase):
+    """OpenVPN's command lines, over UDP and over TCP through an HTTP proxy."""
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp())
+        self.work.mkdir()
+        self.ctx: Any = mock.Mock(work=self.work)
+        self.pki = openvpn.Pki(
+            *(self.work / name for name in ("ca", "scrt", "skey", "ccrt", "ckey"))
+        )
+        self.proxy = openvpn.HttpProxy("192.168.103.3", 3128, "guest", "s3cret")
+
+    @staticmethod
+    def option(argv: list[str], name: str, count: int = 1) -> list[str]:
+        """The C{count} values after option C{name}."""
+        i = argv.index(name)
+        return argv[i + 1 : i + 1 + count]
+
+    def test_udp_unchanged(self) -> None:
+        """The UDP peer: udp4 both sides, no proxy."""
+        peer = openvpn.OpenVpnTunnel(self.ctx)
+        server = peer.server_argv("openvpn", self.pki)
+        client = peer.client_argv("openvpn", self.pki)
+        self.assertEqual(self.option(server, "--proto"), ["udp4"])
+        self.assertEqual(self.option(client, "--proto"), ["udp4"])
+        self.assertNotIn("--http-proxy", client)
+        self.assertEqual(self.option(server, "--local"), ["172.31.0.2"])
+        self.assertEqual(self.option(client, "--remote", 2), ["172.31.0.2", "1194"])
+
+    def test_tcp_through_proxy(self) -> None:
+        """tcp-server and tcp-client; the client names the proxy, the authfile and basic."""
+        peer = openvpn.OpenVpnTcpTunnel(self.ctx, self.proxy)
+        server = peer.server_argv("openvpn", self.pki)
+        client = peer.client_argv("openvpn", self.pki)
+        self.assertEqual(self.option(server, "--proto"), ["tcp-server"])
+        self.assertNotIn("--http-proxy", server)
+        self.assertEqual(self.option(client, "--proto"), ["tcp-client"])
+        self.assertEqual(
+            self.option(client, "--http-proxy", 4),
+            ["192.168.103.3", "3128", str(self.work / "openvpn-tcp-proxy-auth"), "basic"],
+        )
+        self.assertEqual(client.count("--proto"), 1)
+        # Building the command line writes nothing; the password is in no argument.
+        self.assertFalse(peer.authfile.exists())
+        self.assertNotIn("s3cret", " ".join(server + client))
+        self.assertIn("--http-proxy, Basic auth", peer._transport_words())
+
+    def test_authfile(self) -> None:
+        """User name and password on a line each; no password in the repr; no line breaks."""
+        self.assertEqual(openvpn.authfile_text(self.proxy), "guest\ns3cret\n")
+        self.assertNotIn("s3cret", repr(self.proxy))
+        for user, password in (("", "x"), ("guest", ""), ("gu\nest", "x"), ("guest", "a\rb")):
+            bad = openvpn.HttpProxy("h", 1, user, password)
+            self.assertRaises(ValueError, openvpn.authfile_text, bad)
+
+
+def _http_result(ours: float = 300.0, theirs: float = 200.0) -> ScenarioResult:
+    """An http result: smobility at C{ours} Mbit/s, OpenVPN at C{theirs}, every case."""
+    result = ScenarioResult(
+        scenario="http",
+        title=http.TITLE,
+        label_header="tunnel, case",
+        started="2025-01-31T12:00:00Z",
+        finished="2025-01-31T12:02:00Z",
+        columns=list(http.COLUMNS),
+        comparison_columns=list(http.COMPARISON_COLUMNS),
+        settings={"duration_s": 10.0, "rounds": 1},
+        machine={"nproc": 2},
+    )
+    for case in http.CASES:
+        for peer, mbps, cost, cores in (
+            ("smobility", ours, 40.0, {"cores_client": 0.4, "cores_squid": 0.03}),
+            ("openvpn", theirs, 30.0, {"cores_squid": 0.25, "cores_server": 0.5}),
+        ):
+            values: dict[str, float | None] = {
+                "mbps": mbps,
+                "retransmits": 10.0,
+                "cpu_s_per_gb": cost,
+                "cpu_cores": 0.8,
+                "squid_cores": 0.1,
+                "host_cores": 1.9,
+                **cores,
+            }
+            result.rows.append(Row(peer, case.name, f"{peer}, {case.name}", values))
+    return result
+
+
+class HttpScenarioTests(SynchronousTestCase):
+    """The http scenario's figures, comparisons, verdict and per-process lines."""
+
+    def test_sample_values(self) -> None:
+        """CPU per GB counts the tunnel and Squid; cores are per wall second."""
+        v = http.sample_values(800.0, 2_000_000_000, 10.0, 16.0, 4.0, 18.0)
+        self.assertEqual(v["cpu_s_per_gb"], 10.0)
+        self.assertEqual((v["tunnel_s_per_gb"], v["squid_s_per_gb"]), (8.0, 2.0))
+        self.assertEqual((v["cpu_cores"], v["squid_cores"], v["host_cores"]), (1.6, 0.4, 1.8))
+        v = http.sample_values(0.0, 0, 10.0, 1.0, None, None)
+        self.assertIsNone(v["cpu_s_per_gb"])
+        self.assertIsNone(v["squid_cores"])
+
+    def test_target_met(self) -> None:
+        """1.5 times OpenVPN's throughput in every case meets the (1x) target."""
+        result = _http_result()
+        result.comparisons = http.compare(result)
+        self.assertEqual([r.case for r in result.comparisons], [c.name for c in http.CASES])
+        self.assertEqual(result.comparisons[0].values["mbps_ratio"], 1.5)
+        self.assertAlmostEqual(result.comparisons[0].values["cpu_per_gb_ratio"] or 0, 4 / 3)
+        http.judge(result)
+        self.assertIs(result.target_met, True)
+        self.assertIn("target MET", result.verdict[-1])
+
+    def test_target_missed(self) -> None:
+        """Slower than OpenVPN in one case misses it; equal meets it; OpenVPN missing: unjudged."""
+        result = _http_result(ours=200.0)
+        row = result.row("smobility", "client -> ha")
+        assert row is not None
+        row.values["mbps"] = 150.0
+        result.comparisons = http.compare(result)
+        http.judge(result)
+        self.assertIs(result.target_met, False)
+        self.assertIn("client -> ha: 0.75x OpenVPN's throughput", "\n".join(result.verdict))
+        self.assertIn("cn -> client: 1.00x OpenVPN's throughput", "\n".join(result.verdict))
+        self.assertIn("NOT MET", result.verdict[-1])
+
+        result = _http_result()
+        openvpn_row = result.row("openvpn", "cn -> client")
+        assert openvpn_row is not None
+        openvpn_row.error = "openvpn is not installed"
+        result.comparisons = http.compare(result)
+        self.assertEqual(len(result.comparisons), 3)
+        http.judge(result)
+        self.assertIsNone(result.target_met)
+
+    def test_per_process(self) -> None:
+        """Median cores per process from the samples; one line per row, Squid last."""
+        samples: list[dict[str, Any]] = [
+            {"wall_s": 10.0, "cpu_by_process": {"home agent": 2.0, "squid": 1.0}},
+            {"wall_s": 10.0, "cpu_by_process": {"home agent": 4.0, "squid": 3.0}},
+            {"wall_s": 10.0, "cpu_by_process": {"home agent": 6.0}},
+            {"error": "iperf3 failed"},
+        ]
+        self.assertEqual(
+            http.per_process_cores(samples), {"cores_home_agent": 0.4, "cores_squid": 0.2}
+        )
+        self.assertEqual(http.per_process_cores([]), {})
+        result = _http_result()
+        lines = http.cpu_lines(result)
+        self.assertEqual(len(lines), 8)
+        self.assertEqual(lines[0], "CPU by process, smobility, cn -> client: "
+                         "client 0.40, squid 0.03 cores")  # fmt: skip
+        self.assertTrue(lines[1].endswith("server 0.50, squid 0.25 cores"), lines[1])
+
+    def test_document(self) -> None:
+        """The section shows the Squid column, the ratios and the verdict."""
+        result = _http_result()
+        result.comparisons = http.compare(result)
+        http.judge(result)
+        section = report.render_section(result, http.DESCRIPTION)
+        self.assertIn("| tunnel, case | Mbit/s | retransmits | CPU s/GB |", section)
+        self.assertIn("Squid CPU (cores)", section)
+        self.assertIn("| smobility HTTPS / OpenVPN TCP, cn -> client | 1.50 |", section)
+        self.assertIn("--http-proxy 192.168.103.3 3128 AUTHFILE basic", section)
+
+    def test_demo_step(self) -> None:
+        """The demo's SystemExit with a sentence is a BenchError; a numeric exit unwinds."""
+
+        def gives_up() -> None:
+            raise SystemExit("demo: smobility-ctl pki init failed: boom")
+
+        def terminated() -> None:
+            raise SystemExit(143)
+
+        e = self.assertRaises(BenchError, http._demo_step, gives_up, "setting up")
+        self.assertEqual(str(e), "setting up: demo: smobility-ctl pki init failed: boom")
+        e2 = self.assertRaises(SystemExit, http._demo_step, terminated, "setting up")
+        self.assertEqual(e2.code, 143)
+        self.assertEqual(http._demo_step(lambda: 7, "x"), 7)
+
+
+def _ike_row(peer: str, mode: str, rate: float, ms: float | None = 1.0) -> Row:
+    return Row(peer=peer, case=mode, label=f"{peer}, {mode}",
+               values={"rate": rate, "responder_ms_per_setup": ms})  # fmt: skip
+
+
+class IkeScenarioTests(SynchronousTestCase):
+    """The IKE scenario's pure parts: configurations, figures, the verdict."""
+
+    def test_registered(self) -> None:
+        """The runner knows the scenario, and --only takes its peers."""
+        self.assertIs(runner.SCENARIOS["ike"], ike.SCENARIO)
+        args = runner.parse_args(["--scenario", "ike", "--only", "strongswan"])
+        self.assertEqual(args.scenario, ["ike"])
+        self.assertEqual(args.only, ["strongswan"])
+
+    def test_identities(self) -> None:
+        """Every slot has its own identity and inner address."""
+        ids = ike.identities(2, 3)
+        self.assertEqual(len(set(ids)), 6)
+        self.assertEqual(ids[0], "g0-0.bench.smob.test")
+        self.assertEqual(ids[-1], "g1-2.bench.smob.test")
+        self.assertEqual(ike.slot_inner(1, 2), "10.201.1.3")
+        self.assertEqual(ike.generator_addr(1), "10.231.0.12")
+
+    def test_swanctl_psk(self) -> None:
+        """The PSK responder: the suite, no uniqueness, one secret for every identity."""
+        conf = ike.swanctl_conf("psk", ike.identities(1, 2))
+        self.assertIn("proposals = aes128gcm16-prfsha256-x25519", conf)
+        self.assertIn("unique = never", conf)
+        self.assertIn("esp_proposals = aes128gcm16", conf)
+        self.assertIn("id-1 = g0-1.bench.smob.test", conf)
+        self.assertIn(f'secret = "{ike.PSK}"', conf)
+        self.assertEqual(conf.count("{"), conf.count("}"))
+
+    def test_swanctl_ecdsa(self) -> None:
+        """The certificate responder: pubkey both ways, its certificate, no secrets."""
+        conf = ike.swanctl_conf("ecdsa", ike.identities(1, 2))
+        self.assertIn("certs = responder.crt", conf)
+        self.assertEqual(conf.count("auth = pubkey"), 2)
+        self.assertNotIn("secrets", conf)
+        self.assertEqual(conf.count("{"), conf.count("}"))
+        self.assertRaises(ValueError, ike.swanctl_conf, "rsa", [])
+
+    def test_strongswan_conf(self) -> None:
+        """charon: kernel-libipsec before kernel-netlink, its own vici socket, no DoS limits."""
+        conf = ike.strongswan_conf(Path("/tmp/x"))
+        load = next(line for line in conf.splitlines() if "load =" in line)
+        self.assertLess(load.index("kernel-libipsec"), load.index("kernel-netlink"))
+        self.assertIn("curve25519", load)
+        self.assertIn("socket = unix:///tmp/x/vici", conf)
+        self.assertIn("dos_protection = no", conf)
+        self.assertEqual(conf.count("{"), conf.count("}"))
+
+    def test_combine(self) -> None:
+        """Two generators' reports add up; latency is the median of theirs."""
+        reports = [
+            {"completed": 300, "failed": 1, "retransmits": 2, "cpu_s": 2.0, "latency_ms": 20.0},
+            {"completed": 100, "failed": 0, "retransmits": 0, "cpu_s": 1.0, "latency_ms": 40.0},
+        ]
+        got = ike.combine_generators(reports, 4.0)
+        self.assertEqual(got["rate"], 100.0)
+        self.assertEqual(got["completed"], 400.0)
+        self.assertEqual(got["failed"], 1.0)
+        self.assertEqual(got["retransmits"], 2.0)
+        self.assertEqual(got["generator_cores"], 0.75)
+        self.assertEqual(got["latency_ms"], 30.0)
+        self.assertIsNone(ike.combine_generators([{"completed": 0}], 4.0)["latency_ms"])
+
+    def test_responder_figures(self) -> None:
+        """CPU in cores and per set-up; nothing per set-up without set-ups or readings."""
+        got = ike.responder_figures(2.0, 6.0, 400.0, 4.0)
+        self.assertEqual(got, {"responder_cores": 0.5, "responder_ms_per_setup": 5.0,
+                               "host_cores": 1.5})  # fmt: skip
+        self.assertIsNone(ike.responder_figures(2.0, None, 0.0, 4.0)["responder_ms_per_setup"])
+        self.assertIsNone(ike.responder_figures(None, None, 10.0, 4.0)["responder_cores"])
+
+    def test_target_met(self) -> None:
+        """Half of strongSwan's rate in both modes meets the target."""
+        rows = [_ike_row("smobility", "psk", 50), _ike_row("strongswan", "psk", 100, 0.5),
+                _ike_row("smobility", "ecdsa", 80),
+                _ike_row("strongswan", "ecdsa", 100)]  # fmt: skip
+        comparisons, verdict, met = ike.compare(rows)
+        self.assertIs(met, True)
+        self.assertEqual(comparisons[0].values["rate_ratio"], 0.5)
+        self.assertEqual(comparisons[0].values["cpu_per_setup_ratio"], 2.0)
+        self.assertIn("target MET", verdict[-1])
+
+    def test_target_missed(self) -> None:
+        """Below half in one mode misses it."""
+        rows = [_ike_row("smobility", "psk", 49), _ike_row("strongswan", "psk", 100),
+                _ike_row("smobility", "ecdsa", 80),
+                _ike_row("strongswan", "ecdsa", 100)]  # fmt: skip
+        _, verdict, met = ike.compare(rows)
+        self.assertIs(met, False)
+        self.assertIn("misses", verdict[0])
+        self.assertIn("target MISSED", verdict[-1])
+
+    def test_not_judged(self) -> None:
+        """A missing or failed row leaves the target unjudged."""
+        failed = _ike_row("strongswan", "ecdsa", 100)
+        failed.error = "charon did not come up"
+        rows = [_ike_row("smobility", "psk", 60), _ike_row("strongswan", "psk", 100),
+                _ike_row("smobility", "ecdsa", 80), failed]  # fmt: skip
+        comparisons, verdict, met = ike.compare(rows)
+        self.assertIsNone(met)
+        self.assertEqual(len(comparisons), 1)
+        self.assertIn("not judged", verdict[1])
