@@ -721,7 +721,7 @@ class HTTPTunnelTransport:
         reconnect_max: float = 10.0,
         upload: str = "stream",
         post_max_seconds: float = 30.0,
-        post_max_bytes: int = 4 * 1024 * 1024,
+        post_max_bytes: int = 256 * 1024 * 1024,
         batch_max_bytes: int = 64 * 1024,
         queue_limit: int = 256 * 1024,
         connect_timeout: float = 20.0,

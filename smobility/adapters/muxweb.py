@@ -80,6 +80,10 @@ class TLSSetupError(Exception):
     """The TLS certificate or key cannot be used; the text is one sentence."""
 
 
+SESSION_RCVBUF = 4 * 1024 * 1024
+"""Receive buffer of each session's UDP socket (bytes)."""
+
+
 class _SessionSocket(DatagramProtocol):
     """The UDP socket of one session: sends to the home agent, takes its replies."""
 
@@ -88,6 +92,20 @@ class _SessionSocket(DatagramProtocol):
         self.session = session
         self.port: IListeningPort | None = None
         self._warned = False
+
+    def startProtocol(self) -> None:  # noqa: N802
+        # The home agent sends in bursts (GSO batches): the default 208 KiB
+        # receive buffer overflows and every overflow is a lost packet.
+        transport: Any = self.transport
+        sock = transport.getHandle() if transport is not None else None
+        if sock is None:
+            return
+        for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SESSION_RCVBUF)
+                break
+            except OSError:
+                continue
 
     def send(self, payload: bytes, destination: tuple[str, int]) -> None:
         if self.transport is None:
