@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from smobility.adapters.udpfast import (
+    GSO_BACKOFF,
     SOL_UDP,
     UDP_GRO,
     UDP_MAX_SEGMENTS,
@@ -284,6 +285,14 @@ class FallbackTests(SynchronousTestCase):
         self.assertEqual(fake.sent, sent)
         self.assertEqual(sock.counters["tx_gso_refused"], 1)
         self.assertEqual(sock.counters["tx_datagrams"], 3)
+        # GSO rests for a while (no failing call per batch), then is tried again.
+        fake.sendmsg_error = None
+        for _ in range(GSO_BACKOFF):
+            sock.send_many(sent)
+        self.assertEqual(fake.sendmsgs, [])
+        self.assertEqual(len(fake.sent), 3 * (GSO_BACKOFF + 1))
+        sock.send_many(sent)
+        self.assertEqual(len(fake.sendmsgs), 1)
 
     def test_send_errors_counted(self) -> None:
         """No route while moving: the datagrams are counted as dropped, nothing raises."""

@@ -382,7 +382,6 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _TCP = 6
 _ACK = 0x10
-_ACK_PSH = 0x18
 _FIN_PSH = 0x09
 _CWR = 0x80
 
@@ -428,9 +427,10 @@ def _folds(length: int) -> list[tuple[int, int]]:
     return points
 
 
-# Folding points for numbers of up to 2**20 bits (128 KB), four per length in
-# binary: some 80 masks, made once.
-_FOLDS = [_folds(n) if n >= 3 else [] for n in range(22)]
+# Folding points for numbers of fewer than 2**16 bits (8 KB: packets and sums
+# of them), four per length in binary: 52 masks, made once.  Bigger numbers
+# (a whole super-packet) make their masks as they go.
+_FOLDS = [_folds(n) if n >= 3 else [] for n in range(17)]
 
 
 def _fold_complement(total: int) -> int:

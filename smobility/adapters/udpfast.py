@@ -16,12 +16,16 @@ non-blocking socket the reactor reads (an C{IReadDescriptor}) that
  - with UDP GSO (C{UDP_SEGMENT}, Linux 4.18) sends a run of same-size
    datagrams to one peer (the last may be shorter) with one C{sendmsg}; on
    the wire they are ordinary datagrams, segmented by the kernel or the NIC.
+   (A capture taken before that point, e.g. on a veth of the lab, shows such
+   a run as one large UDP datagram: capture single packets, like pings,
+   when another implementation is to dissect them.)
 
 Whether GRO and GSO work is checked once, when the socket opens, and said in
 one log line; without them the socket still batches reads, one datagram per
 syscall. A GSO send the route refuses (a path MTU below the segment size)
-is sent again one datagram at a time. Nothing is logged per datagram:
-L{UDPSocket.counters} counts instead.
+is sent again one datagram at a time, and GSO rests for the next
+L{GSO_BACKOFF} batches (the route may change: a roaming client's uplink).
+Nothing is logged per datagram: L{UDPSocket.counters} counts instead.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ MAX_UDP_PAYLOAD = 65507
 
 RECV_SIZE = 65536
 """Receive buffer per C{recvmsg}: a whole GRO train, or any datagram."""
+
+GSO_BACKOFF = 256
+"""Batches sent without GSO after the kernel refused a GSO send."""
 
 DEFAULT_BUFFER = 4 * 1024 * 1024
 """Socket send and receive buffers asked for: enough for bursts at a Gbit/s."""
@@ -139,6 +146,8 @@ class UDPSocket:
             lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         )
         self._sock: socket.socket | None = None
+        self._gso_rest = 0
+        self._prefix = "UDPSocket"
         self._reading = False
         self._warned: set[str] = set()
 
@@ -167,6 +176,7 @@ class UDPSocket:
             sock.close()
             raise UDPError(f"cannot bind UDP {interface}:{port} ({e.strerror or e})", e) from None
         self._sock = sock
+        self._prefix = f"UDPSocket({interface}:{port})"
         self._set_buffers(sock)
         self.gro = self.want_gro and self._try_option(sock, SOL_UDP, UDP_GRO, 1)
         # UDP_SEGMENT as a socket option with size 0 means "no GSO by
@@ -239,8 +249,8 @@ class UDPSocket:
         return -1 if self._sock is None else self._sock.fileno()
 
     def logPrefix(self) -> str:  # noqa: N802 - Twisted's spelling
-        """How the reactor names us in its logs."""
-        return f"UDPSocket({self.address})"
+        """How the reactor names us in its logs (asked at every wake-up: no system call)."""
+        return self._prefix
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's spelling
         """The reactor gave up on the descriptor: close it."""
@@ -281,7 +291,6 @@ class UDPSocket:
             if flags & socket.MSG_TRUNC:
                 counters["rx_truncated"] += 1
                 continue
-            addr = (addr[0], addr[1])
             if ancillary:
                 size = _gro_size(ancillary)
                 if size and size < len(data):
@@ -324,7 +333,9 @@ class UDPSocket:
             counters["send_dropped_closed"] += len(datagrams)
             return
         n = len(datagrams)
-        gso = self.gso
+        gso = self.gso and not self._gso_rest
+        if self._gso_rest:
+            self._gso_rest -= 1
         i = 0
         sent = 0
         while i < n:
@@ -370,6 +381,7 @@ class UDPSocket:
             # The route cannot take this GSO send (MTU below the segment
             # size, or no checksum offload): send each one by itself.
             self.counters["tx_gso_refused"] += 1
+            self._gso_rest = GSO_BACKOFF
             self._note_once("gso-refused", f"a GSO send was refused ({e.strerror}); sending singly")
             sent = 0
             for data in buffers:
