@@ -123,6 +123,7 @@ class ClientService(service.MultiService):
             self.data_plane.setServiceParent(self)
             self.data_plane.pipe.divert = self.paths.divert_esp
             self.paths.esp_sink = self.data_plane.pipe.receive
+            self.paths.esp_batch_sink = self.data_plane.pipe.receive_many
             if cfg.ike is not None:
                 self._add_ike(self.data_plane)
 

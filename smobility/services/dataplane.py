@@ -188,6 +188,10 @@ class TunnelPipe:
         """A datagram that came another way (an HTTP transport), as if read from UDP."""
         self._from_udp([(datagram, addr)])
 
+    def receive_many(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """A batch of datagrams that came another way, as if read from UDP at once."""
+        self._from_udp(datagrams)
+
     def send(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """Send one datagram from the ESP-in-UDP socket."""
         self.send_all([(datagram, addr)])

@@ -159,6 +159,8 @@ class PathManager:
         self.trying = 0
         self.active: int | None = None
         self.esp_sink: EspSink | None = None
+        self.esp_batch_sink: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
+        self._esp_batch: list[bytes] = []
         self._fallback: IDelayedCall | None = None
         self._climb: IDelayedCall | None = None
         self._last_reply_path = 0
@@ -213,7 +215,20 @@ class PathManager:
             self._last_reply_path = path.index
             self.node.datagram_received(data, self.ha_addr)
         elif kind == KIND_ESP and self.esp_sink is not None:
-            self.esp_sink(data, self.esp_addr)
+            # Frames of one HTTP chunk arrive one by one: hand them to the data
+            # plane as one batch (one engine pass, TCP segments joined on the
+            # TUN write), at the end of this reactor turn.
+            self._esp_batch.append(data)
+            if len(self._esp_batch) == 1:
+                self.reactor.callLater(0, self._flush_esp)
+
+    def _flush_esp(self) -> None:
+        batch, self._esp_batch = self._esp_batch, []
+        if self.esp_batch_sink is not None:
+            self.esp_batch_sink([(d, self.esp_addr) for d in batch])
+        elif self.esp_sink is not None:
+            for d in batch:
+                self.esp_sink(d, self.esp_addr)
 
     def path_state(
         self, path: _HTTPPath, state: str, previous: str | None, reason: str | None
