@@ -224,7 +224,8 @@ class HomeIKEConfig:
     first home agent address); ``cert``/``key`` are its certificate and key
     for certificate authentication; ``ca_db`` the state database holding the
     CA that clients' certificates are checked against (with revocation);
-    ``port`` the plain IKE port (500; 0: only the NAT-T port of [tunnel]).
+    ``port`` the plain IKE port (500; 0: only the NAT-T port of [tunnel]);
+    ``dns`` the DNS servers given to clients in the configuration payload.
     """
 
     identity: str
@@ -234,6 +235,7 @@ class HomeIKEConfig:
     key: Path | None
     ca_db: Path
     port: int
+    dns: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -1040,7 +1042,7 @@ def _read_client_tunnel(top: _Reader) -> ClientTunnelConfig | None:
 _IKE_DEFAULT_PROPOSALS = ("aes128gcm16-prfsha256-ecp256", "aes256gcm16-prfsha384-x25519")
 _IKE_DEFAULT_ESP = ("aes128gcm16", "aes256gcm16")
 _IKE_PARAM_KEYS = ("proposals", "esp_proposals", "lifetime", "child_lifetime", "liveness")
-_HOME_IKE_KEYS = ("identity", "cert", "key", "ca_db", "port") + _IKE_PARAM_KEYS
+_HOME_IKE_KEYS = ("identity", "cert", "key", "ca_db", "port", "dns") + _IKE_PARAM_KEYS
 _NODE_IKE_KEYS = ("identity", "auth", "psk", "psk_file")
 _CLIENT_IKE_KEYS = (
     "identity", "auth", "psk", "psk_file", "cert", "key", "ca_file", "home_agent_identity",
@@ -1146,9 +1148,15 @@ def _read_home_ike(
     if (cert is None) != (key is None):
         i.fail("key" if key is None else "cert", "cert and key go together", "both or neither")
     ca_db = i.optional_path("ca_db", "a path to the state database holding the CA") or state_db
+    dns_expected = 'an array of IPv4 addresses such as ["10.77.0.1"]'
+    raw_dns = i.raw("dns", dns_expected, [])
+    if not isinstance(raw_dns, list) or not all(isinstance(d, str) for d in raw_dns):
+        i.fail("dns", f"must be an array of strings, not {_type_name(raw_dns)}", dns_expected)
+    dns = tuple(i.parse_ipv4(f"dns[{n}]", d, dns_expected) for n, d in enumerate(raw_dns))
     return HomeIKEConfig(
         identity=identity, identity_kind=kind, params=_ike_params(i), cert=cert, key=key,
         ca_db=ca_db, port=i.integer("port", 0, 65535, "a port from 1 to 65535, or 0 (none)", 500),
+        dns=dns,
     )
 
 

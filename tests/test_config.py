@@ -1368,6 +1368,23 @@ class IKETests(ConfigTestCase):
         self.assertEqual(c.ike.params.proposals, ("aes128-sha256-modp2048",))
         self.assertEqual((c.ike.params.lifetime, c.ike.params.liveness, c.ike.port), (0, 10, 0))
 
+    def test_homeIKEDNS(self) -> None:
+        """DNS servers for the configuration payload reach every node's peer settings."""
+        from smobility.services.ike_service import home_ike_config
+
+        text = ONE_NODE + NODE_IKE + HOME_TUNNEL + '\n[ike]\ndns = ["10.77.0.1", "10.77.0.53"]\n'
+        c = load_home(self.write(text))
+        assert c.ike is not None
+        self.assertEqual(c.ike.dns, (IPv4Address("10.77.0.1"), IPv4Address("10.77.0.53")))
+        config, _ = home_ike_config(
+            c.ike, c.mobile_nodes, listen="0.0.0.0", nat_t_port=4500, trust_anchors=()
+        )
+        self.assertEqual(config.peers[0].dns, c.ike.dns)
+        self.assertError(
+            load_home, ONE_NODE + NODE_IKE + HOME_TUNNEL + '\n[ike]\ndns = ["nope"]\n',
+            "ike.dns[0]", "is not an IPv4 address",
+        )
+
     def test_homeErrors(self) -> None:
         """Clear errors: both or neither of esp/ike, bad proposals, short secrets."""
         base = ONE_NODE + HOME_TUNNEL

@@ -1111,6 +1111,10 @@ class StrongSwanInteropTests(SynchronousTestCase):
             self.assertIn(f"{child['out_spi']:08x}", sas)
             driver.send(f"ping 3 {INNER_B}")
             driver.wait("pong", 10, count=3)
+            # strongSwan's own counters moved both ways on this CHILD_SA.
+            listing = charon.swanctl("--list-sas").stdout
+            for way in ("in", "out"):
+                self.assertRegex(listing, rf"\b{way}\s+[0-9a-f]{{8}},\s+[1-9]\d* bytes,\s+[1-9]")
             driver.send("delete")
             driver.wait("ike_down", 10)
             charon.wait_log(rf"IKE_SA ha\[{n}\] .*deleted|deleting IKE_SA ha\[{n}\]", 10)

@@ -424,7 +424,7 @@ def home_ike_config(
         peers.append(
             PeerConfig(
                 identity, n.ike.psk, internal_address=n.home_address,
-                remote_ts=(ts_host(n.home_address),), auth=n.ike.auth,
+                remote_ts=(ts_host(n.home_address),), auth=n.ike.auth, dns=ike.dns,
             )
         )  # fmt: skip
     cert, key = load_credentials(ike.cert, ike.key)
