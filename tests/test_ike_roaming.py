@@ -231,6 +231,33 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(route.addr, ("198.51.100.7", 4500))
         self.assertEqual(p.hdp.ike_only, set())
 
+    def test_sequence_space_near_its_end_rekeys(self) -> None:
+        """An outbound SA near 2**32 packets makes the data plane ask IKE for a rekey."""
+        from smobility.services.dataplane import SEQUENCE_CHECK
+        from smobility.wire.esp import DEFAULT_SOFT_LIMIT
+
+        p = Pair(self)
+        p.register("198.51.100.7")
+        p.pump()
+        client = p.cdp.engine.by_node["laptop"]
+        old_out = client.outbound.spi
+        client.outbound._seq = DEFAULT_SOFT_LIMIT  # as if billions of packets went out
+        self.assertTrue(client.outbound.needs_rekey)
+        p.clock.advance(SEQUENCE_CHECK)
+        p.pump()
+        client = p.cdp.engine.by_node["laptop"]
+        home = p.hdp.engine.by_node["laptop"]
+        self.assertNotEqual(client.outbound.spi, old_out)
+        self.assertEqual(home.inbound.spi, client.outbound.spi)
+        self.assertFalse(client.outbound.needs_rekey)
+        # Traffic flows under the new SAs.
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        p.cdp.engine.from_tun([_ping(HOA, IPv4Address("10.77.0.100"))], out, [])
+        p.to_home.extend(out)
+        p.inner_home.clear()
+        p.pump()
+        self.assertTrue(p.inner_home)
+
     def test_move_keeps_the_ike_sa(self) -> None:
         p = Pair(self)
         p.register("198.51.100.7")

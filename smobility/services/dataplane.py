@@ -57,6 +57,21 @@ def child_sas(child: ChildSA) -> tuple[InboundSA, OutboundSA]:
     )
 
 
+SEQUENCE_CHECK = 5.0
+"""Seconds between checks of the ESP sequence space (rekey before it runs out)."""
+
+
+class _SequenceWatchMixin:
+    """Holds the LoopingCall that watches ESP sequence spaces (IKE-keyed tunnels)."""
+
+    _sequence_watch: LoopingCall | None = None
+
+    def _stop_sequence_watch(self) -> None:
+        watch, self._sequence_watch = self._sequence_watch, None
+        if watch is not None and watch.running:
+            watch.stop()
+
+
 def make_sas(keys: ESPKeys, *, side: str) -> tuple[InboundSA, OutboundSA]:
     """The (inbound, outbound) SAs of ``side`` ("home" or "client") from manual keys."""
     to_home = (keys.spi_to_home, keys.key_to_home)
@@ -208,7 +223,7 @@ class TunnelPipe:
         }
 
 
-class HomeDataPlane(service.Service):
+class HomeDataPlane(_SequenceWatchMixin, service.Service):
     """The home agent's tunnel: routes, proxy ARP and SAs that follow bindings."""
 
     log = Logger()
@@ -268,6 +283,14 @@ class HomeDataPlane(service.Service):
         local = (self.listen, self.esp_port)
         self.engine.on_ike = lambda message, addr: ike.receive(message, addr, local)
         ike.send_nat_t = self.pipe.send_all
+        self._watch_sequences(ike)
+
+    def _watch_sequences(self, ike: IKEService) -> None:
+        """Rekey before an ESP SA's 32-bit sequence space runs out (checked every 5 s)."""
+        watch = LoopingCall(lambda: ike.rekey_exhausted(list(self.engine.by_node.values())))
+        watch.clock = self.reactor
+        watch.start(SEQUENCE_CHECK, now=False)
+        self._sequence_watch = watch
 
     def _listen_ike(self) -> None:
         if self.ike is None or not self.ike_port:
@@ -425,6 +448,7 @@ class HomeDataPlane(service.Service):
 
     def stopService(self) -> None:  # noqa: N802
         super().stopService()
+        self._stop_sequence_watch()
         if self.ike is not None:
             self.ike.stop()
         if self._ike_listener is not None:
@@ -528,7 +552,7 @@ class HomeDataPlane(service.Service):
         self.log.info("tunnel to {node} ({hoa}) withdrawn", node=node, hoa=hoa)
 
 
-class ClientDataPlane(service.Service):
+class ClientDataPlane(_SequenceWatchMixin, service.Service):
     """The client's tunnel: the permanent address on a TUN device, routes that follow the state."""
 
     log = Logger()
@@ -588,6 +612,10 @@ class ClientDataPlane(service.Service):
     def attach_ike(self, ike: IKEService) -> None:
         """Key the tunnel with ``ike`` (an initiator), started after each accepted registration."""
         self.ike = ike
+        watch = LoopingCall(lambda: ike.rekey_exhausted(list(self.engine.by_node.values())))
+        watch.clock = self.reactor
+        watch.start(SEQUENCE_CHECK, now=False)
+        self._sequence_watch = watch
         ike.on_up = self.child_up
         ike.on_down = self.child_down
         ike.on_event_extra = self._ike_event
@@ -694,6 +722,7 @@ class ClientDataPlane(service.Service):
 
     def stopService(self) -> None:  # noqa: N802
         super().stopService()
+        self._stop_sequence_watch()
         if self._ike_retry is not None and self._ike_retry.active():
             self._ike_retry.cancel()
         if self.ike is not None:

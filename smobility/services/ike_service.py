@@ -24,7 +24,7 @@ authenticated IKE messages and registrations (:meth:`IKEService.move_peer`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,7 @@ class IKEService:
         self.on_down = on_down
         self.on_event_extra = on_event
         self.engine = CheckingIKEEngine(role, config, reactor, on_event=self._event)
+        self._rekey_asked: set[int] = set()
         self.engine.cert_check = cert_check
         self.engine.assigned = {}
         self.timer: Any = None
@@ -277,6 +278,27 @@ class IKEService:
         (:attr:`PeerConfig.internal_address`), in the CP reply of IKE_AUTH.
         """
         return self.engine.assigned.get(child.ike_spis)
+
+    def rekey_exhausted(self, routes: Iterable[Any]) -> int:
+        """Rekey every CHILD_SA whose outbound SA nears the end of its sequence space.
+
+        ``routes`` are the tunnel engine's routes; returns how many rekeys
+        were started (an SA already being rekeyed is not asked twice).
+        """
+        started = 0
+        for route in routes:
+            out = route.outbound
+            if out.needs_rekey and out.spi not in self._rekey_asked:
+                if self.engine.rekey_child(out.spi):
+                    self._rekey_asked.add(out.spi)
+                    started += 1
+                    self.log.info(
+                        "IKE: ESP SA 0x{spi:08x} near the end of its sequence space: rekeying",
+                        spi=out.spi,
+                    )
+        if started:
+            self.flush()
+        return started
 
     def check_liveness(self) -> None:
         """An empty INFORMATIONAL on every established IKE SA (tells the peer our address)."""
