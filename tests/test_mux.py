@@ -56,7 +56,7 @@ from smobility.wire.httptunnel import (
     keepalive_frame,
 )
 from tests.procs import ROOT, Twistd
-from tests.util import free_tcp_port, free_udp_port, require_tool
+from tests.util import free_tcp_port, free_udp_port, require_tool, skip_or_fail
 
 SID = "0123456789abcdef0123456789abcdef"
 SID2 = "fedcba9876543210fedcba9876543210"
@@ -1065,7 +1065,7 @@ class UserTimeoutTests(SynchronousTestCase):
 
         option = getattr(socket, "TCP_USER_TIMEOUT", None)
         if option is None:
-            raise self.skipTest("no TCP_USER_TIMEOUT on this platform")
+            skip_or_fail(self, "no TCP_USER_TIMEOUT on this platform")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
 

@@ -46,24 +46,55 @@ class StoreError(Exception):
     """The state database cannot be opened or has an unknown layout."""
 
 
+def open_state_db(
+    path: str, schema: str, *, threads: bool = False
+) -> sqlite3.Connection:
+    """Open (creating if needed) the state database at ``path`` with ``schema``.
+
+    The one way every store opens the file: its directory is created 0700,
+    the file 0600 before SQLite opens it (it holds key digests and password
+    hashes), WAL journal, synchronous FULL (a write is on disk when the call
+    returns), autocommit mode (callers open their transactions).  With
+    ``threads`` the connection may be used from the reactor's thread pool
+    (callers then serialise with a lock).
+
+    @raise StoreError: one sentence naming the file.
+    """
+    memory = path == ":memory:"
+    if not memory:
+        parent = Path(path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreError(
+                f"{path}: cannot create the state directory {parent}: {e.strerror}"
+            ) from None
+    try:
+        if not memory and not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=not threads, timeout=10.0
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"{path}: cannot open the state database: {e}") from None
+    if not memory:
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+    return db
+
+
 class SQLiteStore:
     """A :class:`~smobility.engines.bindings.BindingStore` in one SQLite file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            parent = Path(self.path).parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise StoreError(
-                    f"{self.path}: cannot create the state directory {parent}: {e.strerror}"
-                ) from None
+        self._db = open_state_db(self.path, _SCHEMA)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute(
@@ -76,11 +107,6 @@ class SQLiteStore:
                 )
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open the state database: {e}") from None
-        if self.path != ":memory:":
-            try:
-                os.chmod(self.path, 0o600)
-            except OSError:
-                pass
 
     def load_bindings(self) -> list[Binding]:
         rows = self._db.execute(

@@ -19,13 +19,11 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from smobility.store.sqlite import StoreError
+from smobility.store.sqlite import open_state_db
 
 __all__ = [
     "NAME_RE",
@@ -90,25 +88,7 @@ class TokenStore:
         self._lock = threading.Lock()
         # Unknown names are compared against this, never equal to a real digest.
         self._dummy = secrets.token_bytes(32)
-        if self.path != ":memory:":
-            parent = Path(self.path).parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise StoreError(
-                    f"{self.path}: cannot create the state directory {parent}: {e.strerror}"
-                ) from None
-        try:
-            if self.path != ":memory:" and not os.path.exists(self.path):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"{self.path}: cannot open the state database: {e}") from None
+        self._db = open_state_db(self.path, _SCHEMA, threads=True)
 
     def issue(self, name: str, *, replace: bool = False) -> str:
         """Issue a new token for ``name`` and return it as hex (the only copy).

@@ -24,9 +24,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
-from smobility.store.sqlite import StoreError
+from smobility.store.sqlite import open_state_db
 
 #: scrypt cost of new hashes: N (CPU/memory cost), r (block size), p (parallelism).
 SCRYPT_N = 2**14
@@ -135,32 +134,7 @@ class UserStore:
         # refusal costs the same scrypt run whether the name exists or not.
         self._dummy_salt = secrets.token_bytes(SALT_BYTES)
         self._dummy_digest = secrets.token_bytes(HASH_BYTES)
-        if self.path != ":memory:":
-            parent = Path(self.path).parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise StoreError(
-                    f"{self.path}: cannot create the state directory {parent}: {e.strerror}"
-                ) from None
-        try:
-            # Create the file with mode 0600 before SQLite opens it, so the
-            # hashes are never readable by others, not even for a moment.
-            if self.path != ":memory:" and not os.path.exists(self.path):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"{self.path}: cannot open the state database: {e}") from None
-        if self.path != ":memory:":
-            try:
-                os.chmod(self.path, 0o600)
-            except OSError:
-                pass
+        self._db = open_state_db(self.path, _SCHEMA, threads=True)
 
     def add(self, name: str, password: str | bytes) -> None:
         """Add the user C{name} with C{password}; refuse an existing name."""
