@@ -1467,13 +1467,22 @@ class StrongSwanInteropTests(SynchronousTestCase):
         # strongSwan answered our IKE SA rekey.
         self.charon.wait_log(r"generating CREATE_CHILD_SA response \d+ \[ SA No KE \]", 5)
         self.assertFalse(driver.has("failed"), driver.lines)
-        # What strongSwan has installed is what we last installed.
+        # What strongSwan has installed is what we last installed.  strongSwan
+        # keeps rekeying every 4 s, so compare at a moment between two rekeys:
+        # read our side, then its listing, until both agree (bounded).
         status = self.status(driver)
         (sa,) = [s for s in status["sas"] if s["state"] == "established"]
         self.wait_ike_established(self.charon, sa["spi_i"], sa["spi_r"])
-        (last,) = sa["children"]
-        listing = self.charon.swanctl("--list-sas").stdout
-        self.assertIn((f"{last[1]:08x}", f"{last[0]:08x}"), installed_children(listing))
+
+        def agree(listing: str) -> bool:
+            current = [s for s in self.status(driver)["sas"] if s["state"] == "established"]
+            return any(
+                (f"{c[1]:08x}", f"{c[0]:08x}") in installed_children(listing)
+                for s in current
+                for c in s["children"]
+            )
+
+        self.wait_swan(self.charon, agree, "the CHILD_SA we installed")
         self.charon.swanctl("--terminate", "--ike", "home", "--timeout", "10")
         driver.wait("ike_down", 10)
 
