@@ -597,6 +597,161 @@ class RefusalTests(_Base):
         self.assertEqual(self.binding(N1).path, "relay")
 
 
+def fa_signed(reply: mip.RegistrationReply, fa: ForeignAgentEntry = FA) -> bool:
+    """Whether C{reply} ends with one valid FA-HA extension of C{fa}, after any MN-HA."""
+    found = mip.auth_indices(reply.extensions, mip.EXT_FA_HA)
+    if len(found) != 1 or found[0] != len(reply.extensions) - 1:
+        return False
+    ext = reply.extensions[found[0]]
+    assert isinstance(ext, mip.AuthExtension)
+    return ext.spi == fa.spi and mip.verify_authenticator(reply, found[0], fa.key, fa.algorithm)
+
+
+def relayed_request(
+    node: MobileNodeEntry,
+    clock: Clock,
+    *,
+    fa_key: bytes = FA.key,
+    fa_spi: int = FA.spi,
+    **kwargs: Any,
+) -> bytes:
+    """A request of C{node} as a foreign agent relays it: care-of = the agent, FA-HA last."""
+    kwargs.setdefault("coa", FA.address)
+    kwargs.setdefault("flags", mip.FLAG_T)
+    data = build_request(node, clock, **kwargs)
+    return mip.append_authenticator(data, mip.EXT_FA_HA, fa_spi, fa_key)
+
+
+class RelayedTests(_Base):
+    """Requests relayed by a foreign agent (RFC 5944 sections 3.8.2 and 3.8.3)."""
+
+    ha_kwargs = {"foreign_agents": [FA]}
+    FA_SOURCE = (str(FA.address), 434)
+
+    def test_accepted_reply_carries_fa_ha(self) -> None:
+        """MN-HA first, then FA-HA over everything before it; a relay binding."""
+        reply = self.send(relayed_request(N1, self.clock), self.FA_SOURCE)
+        self.assertEqual(reply.code, mip.CODE_ACCEPTED)
+        self.assertTrue(signed_by(reply, N1))
+        self.assertTrue(fa_signed(reply))
+        mnha = mip.find_auth(reply.extensions, mip.EXT_MN_HA)
+        faha = mip.find_auth(reply.extensions, mip.EXT_FA_HA)
+        assert mnha is not None and faha is not None
+        self.assertLess(mnha, faha)
+        b = self.binding(N1, FA.address)
+        self.assertEqual(b.path, "relay")
+        self.assertEqual((b.source_host, b.source_port), self.FA_SOURCE)
+        self.assertFalse(b.nat)
+
+    def test_refusals_carry_fa_ha(self) -> None:
+        """The foreign agent must be able to check every answer it relays."""
+        for kwargs, code, node in (
+            ({"home_agent": IPv4Address("192.0.2.99")}, mip.CODE_HA_UNKNOWN_HA, N1),
+            ({"offset": -600.0}, mip.CODE_HA_ID_MISMATCH, N1),
+            ({"flags": mip.FLAG_G}, mip.CODE_HA_UNSPECIFIED, N1),
+            ({"key": WRONG_KEY}, mip.CODE_HA_MN_AUTH_FAILED, None),
+        ):
+            reply = self.send(relayed_request(N1, self.clock, **kwargs), self.FA_SOURCE)
+            self.assertEqual(reply.code, code)
+            self.assertTrue(fa_signed(reply), code)
+            if node is None:
+                self.assertIsNone(mip.find_auth(reply.extensions, mip.EXT_MN_HA))
+            else:
+                self.assertTrue(signed_by(reply, node))
+        self.assertEqual(self.coas(N1), [])
+
+    def test_direct_reply_has_no_fa_ha(self) -> None:
+        reply = self.register(N1)
+        self.assertEqual(reply.code, mip.CODE_ACCEPTED)
+        self.assertEqual(mip.auth_indices(reply.extensions, mip.EXT_FA_HA), [])
+        self.assertEqual(self.binding(N1).path, "direct")
+
+    def test_relayed_deregistration(self) -> None:
+        self.send(relayed_request(N1, self.clock), self.FA_SOURCE)
+        reply = self.send(relayed_request(N1, self.clock, lifetime=0), self.FA_SOURCE)
+        self.assertEqual(reply.code, mip.CODE_ACCEPTED)
+        self.assertTrue(fa_signed(reply))
+        self.assertEqual(self.coas(N1), [])
+
+
+class ForgedFAHATests(_Base):
+    """A forged FA-HA extension: 132, signed for the node, and nothing changes at all."""
+
+    ha_kwargs = {"foreign_agents": [FA]}
+    FA_SOURCE = (str(FA.address), 434)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.register(N1, coa=COA_A)
+        self.register(N2, coa=COA_B, flags=mip.FLAG_S)
+        self.clock.advance(1)
+        self.changes: list[str] = []
+        self.ha.add_listener(lambda node, bs: self.changes.append(node))
+        self.before = self.snapshot()
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (
+            {n: list(bs) for n, bs in self.ha.bindings.items()},
+            sorted(self.store.load_bindings(), key=lambda b: b.node),
+            self.store.last_identification("n1"),
+            self.store.last_identification("n2"),
+            self.ha.counters["accepted"],
+        )
+
+    def forgeries(self) -> list[tuple[str, bytes, tuple[str, int]]]:
+        good = relayed_request(N1, self.clock)
+        flipped = bytearray(good)
+        flipped[-1] ^= 0x01
+        return [
+            ("wrong key", relayed_request(N1, self.clock, fa_key=WRONG_KEY), self.FA_SOURCE),
+            ("wrong SPI", relayed_request(N1, self.clock, fa_spi=FA.spi + 1), self.FA_SOURCE),
+            ("missing", build_request(N1, self.clock, coa=FA.address), self.FA_SOURCE),
+            (
+                "two",
+                mip.append_authenticator(good, mip.EXT_FA_HA, FA.spi, FA.key),
+                self.FA_SOURCE,
+            ),
+            ("flipped", bytes(flipped), self.FA_SOURCE),
+            ("unknown relay", relayed_request(N1, self.clock), ("198.51.100.8", 434)),
+            (
+                "deregistration",
+                relayed_request(N1, self.clock, lifetime=0, coa=COA_A, fa_key=WRONG_KEY),
+                self.FA_SOURCE,
+            ),
+            (
+                "all bindings",
+                relayed_request(N2, self.clock, lifetime=0, coa=N2.home_address, fa_key=WRONG_KEY),
+                self.FA_SOURCE,
+            ),
+        ]
+
+    def test_changes_nothing(self) -> None:
+        cases = self.forgeries()
+        for why, data, source in cases:
+            msg = mip.decode(data)
+            node = N2 if msg.home_address == N2.home_address else N1
+            reply = self.send(data, source)
+            self.assertRefused(reply, mip.CODE_HA_FA_AUTH_FAILED, node)
+            # Not signed for the foreign agent: its FA-HA was not proven.
+            self.assertEqual(mip.auth_indices(reply.extensions, mip.EXT_FA_HA), [], why)
+            self.assertEqual(self.snapshot(), self.before, why)
+        self.assertEqual(self.changes, [])
+        self.assertEqual(self.ha.counters["denied_132"], len(cases))
+        self.assertEqual(self.coas(N1), [COA_A])
+        self.assertEqual(self.coas(N2), [COA_B])
+        # The node's next genuine request still goes through: nothing was burnt.
+        self.assertEqual(self.register(N1, coa=COA_C).code, mip.CODE_ACCEPTED)
+
+    def test_expiry_unaffected(self) -> None:
+        """A refused forgery neither extends nor shortens the bindings' lifetimes."""
+        for _, data, source in self.forgeries():
+            self.send(data, source)
+        self.clock.advance(600 - 1 - 0.1)
+        self.assertEqual(self.coas(N1), [COA_A])
+        self.clock.advance(0.1)
+        self.assertEqual(self.coas(N1), [])
+
+
 class DeregistrationTests(_Base):
     """Lifetime 0 removes one binding; care-of = home address removes them all."""
 

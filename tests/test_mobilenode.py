@@ -19,12 +19,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smobility.engines.bindings import MemoryStore
 from smobility.engines.homeagent import HomeAgent, MobileNodeEntry
-from smobility.engines.mobilenode import MobileNode, MobileNodeSettings, State
+from smobility.engines.mobilenode import (
+    ForeignAgentLink,
+    MobileNode,
+    MobileNodeSettings,
+    State,
+)
 from smobility.wire import mip
 from smobility.wire.ntp import ntp_seconds, to_ntp
 from tests.test_homeagent import (
     COA_A,
     COA_B,
+    FA,
     HA_ADDR,
     N1,
     NAT_PUBLIC,
@@ -641,6 +647,269 @@ class StatusTests(_Alone):
         self.assertNotIn(N1.key.hex(), repr(SETTINGS))
         self.assertNotIn(repr(N1.key), repr(SETTINGS))
         self.assertNotIn(N1.key.hex(), repr(self.node.status()))
+
+
+# ---------------------------------------------------------------------------
+# Through a foreign agent
+
+MNFA_KEY = bytes.fromhex("5a5a5a5a0102030405060708090a0b0c")
+FA_LINK = ForeignAgentLink(address=FA.address, spi=3000, key=MNFA_KEY)
+FA_SOURCE = (str(FA.address), 434)
+
+
+def fa_reply(
+    request: bytes,
+    *,
+    code: int = mip.CODE_ACCEPTED,
+    mnha: bool = True,
+    mnfa_key: bytes | None = MNFA_KEY,
+    mnfa_spi: int = FA_LINK.spi,
+    **kwargs: Any,
+) -> bytes:
+    """A reply relayed (or made) by the foreign agent: MN-HA if C{mnha}, then MN-FA."""
+    data = make_reply(request, code=code, key=N1.key if mnha else None, **kwargs)
+    if mnfa_key is not None:
+        data = mip.append_authenticator(data, mip.EXT_MN_FA, mnfa_spi, mnfa_key)
+    return data
+
+
+class ForeignAgentTests(_Alone):
+    """Registering through a foreign agent (RFC 5944 sections 3.6.1.2 and 3.6.2)."""
+
+    def via(self) -> None:
+        self.node.set_foreign_agent(FA_LINK)
+
+    def deliver_fa(self, data: bytes) -> None:
+        self.node.datagram_received(data, FA_SOURCE)
+
+    def assertViaFA(self, data: bytes, lifetime: int = 600) -> mip.RegistrationRequest:
+        req = decode_request(data)
+        self.assertEqual(req.care_of_address, FA.address)
+        self.assertFalse(req.flag(mip.FLAG_D))
+        self.assertEqual(req.lifetime, lifetime)
+        self.assertIsNone(mip.find_extension(req.extensions, mip.UDPTunnelRequest))
+        n = len(req.extensions)
+        self.assertEqual(mip.auth_indices(req.extensions, mip.EXT_MN_HA), [n - 2])
+        self.assertEqual(mip.auth_indices(req.extensions, mip.EXT_MN_FA), [n - 1])
+        self.assertTrue(mip.verify_authenticator(req, n - 2, N1.key, N1.algorithm))
+        self.assertTrue(mip.verify_authenticator(req, n - 1, MNFA_KEY, "hmac-md5"))
+        ext = req.extensions[n - 1]
+        assert isinstance(ext, mip.AuthExtension)
+        self.assertEqual(ext.spi, FA_LINK.spi)
+        self.assertEqual(self.node.next_hop, FA.address)
+        return req
+
+    def test_link_repr_hides_key(self) -> None:
+        self.assertNotIn(MNFA_KEY.hex(), repr(FA_LINK))
+        self.assertNotIn(repr(MNFA_KEY), repr(FA_LINK))
+        self.assertIn(str(FA.address), repr(FA_LINK))
+
+    def test_request(self) -> None:
+        self.via()
+        self.assertEqual(self.sent, [])
+        self.node.register(COA_A)
+        req = self.assertViaFA(self.last)
+        self.assertTrue(req.flag(mip.FLAG_T))
+        self.assertEqual(req.home_agent, HA_ADDR)
+        # The node's own address stays what it is.
+        self.assertEqual(self.node.care_of, COA_A)
+        self.assertIsNone(self.node.registered_via)
+        self.deliver_fa(fa_reply(self.last, lifetime=300))
+        self.assertEqual(self.node.state, State.REGISTERED)
+        self.assertEqual(self.node.registered_via, FA.address)
+        self.assertEqual(self.node.granted_lifetime, 300)
+        self.assertFalse(self.node.nat)
+        status = self.node.status()
+        self.assertEqual(status["registered_via"], str(FA.address))
+        self.assertEqual(status["foreign_agent"], str(FA.address))
+        self.assertEqual(status["care_of_address"], str(COA_A))
+        self.assertNotIn(MNFA_KEY.hex(), repr(status))
+        # Re-registration goes through the foreign agent too.
+        self.clock.advance(240)
+        self.assertViaFA(self.last)
+
+    def test_no_reverse_tunnel(self) -> None:
+        node = MobileNode(
+            replace(SETTINGS, reverse_tunnel=False), clock=self.clock, send=self.capture
+        )
+        self.addCleanup(node.stop)
+        node.set_foreign_agent(FA_LINK)
+        node.register(COA_A)
+        self.assertEqual(decode_request(self.last).flags, 0)
+
+    def test_takes_effect_on_next_request(self) -> None:
+        self.node.register(COA_A)
+        self.assertTrue(decode_request(self.last).flag(mip.FLAG_D))
+        self.assertEqual(self.node.next_hop, HA_ADDR)
+        self.via()
+        self.assertEqual(len(self.sent), 1)
+        self.assertEqual(self.node.next_hop, HA_ADDR)
+        self.clock.advance(1)
+        self.assertViaFA(self.last)
+        self.node.set_foreign_agent(None)
+        self.clock.advance(2)
+        req = decode_request(self.last)
+        self.assertEqual(req.care_of_address, COA_A)
+        self.assertTrue(req.flag(mip.FLAG_D))
+        self.assertIn(mip.UDPTunnelRequest(), req.extensions)
+        self.assertEqual(mip.auth_indices(req.extensions, mip.EXT_MN_FA), [])
+        self.assertEqual(self.node.next_hop, HA_ADDR)
+        self.assertEqual(self.times(), [0, 1, 3])
+
+    def test_reply_needs_mn_fa(self) -> None:
+        """Through the foreign agent, MN-HA alone is not enough, nor a bad MN-FA."""
+        self.via()
+        self.node.register(COA_A)
+        for data in (
+            fa_reply(self.last, mnfa_key=None),
+            fa_reply(self.last, mnfa_key=WRONG_KEY),
+            fa_reply(self.last, mnfa_spi=FA_LINK.spi + 1),
+            fa_reply(self.last, mnha=False),
+            fa_reply(self.last) + mip.encode_extension(mip.AuthExtension(33, 1, b"x")),
+        ):
+            self.deliver_fa(data)
+            self.assertEqual(self.node.state, State.REGISTERING)
+        self.assertEqual(self.node.counters["dropped_unauthenticated"], 5)
+        self.deliver_fa(fa_reply(self.last))
+        self.assertEqual(self.node.state, State.REGISTERED)
+
+    def test_direct_reply_needs_no_mn_fa(self) -> None:
+        """A request sent directly is answered directly: no MN-FA expected."""
+        self.node.register(COA_A)
+        self.via()
+        self.deliver(make_reply(self.last))
+        self.assertEqual(self.node.state, State.REGISTERED)
+        self.assertIsNone(self.node.registered_via)
+
+    def test_unauthenticated_refusal_ignored(self) -> None:
+        self.via()
+        self.node.register(COA_A)
+        for key in (None, WRONG_KEY):
+            self.deliver_fa(
+                fa_reply(self.last, code=mip.CODE_FA_PROHIBITED, mnha=False, mnfa_key=key)
+            )
+        self.assertEqual(self.node.state, State.REGISTERING)
+        self.assertEqual(self.node.last_unverified_code, mip.CODE_FA_PROHIBITED)
+        self.assertIsNone(self.node.last_code)
+
+    def test_home_agent_code_needs_mn_ha(self) -> None:
+        """A home agent's code (128+) with MN-FA but no MN-HA is not the foreign agent's to give."""
+        self.via()
+        self.node.register(COA_A)
+        self.deliver_fa(fa_reply(self.last, code=mip.CODE_HA_PROHIBITED, mnha=False))
+        self.deliver_fa(fa_reply(self.last, code=mip.CODE_ACCEPTED, mnha=False))
+        self.assertEqual(self.node.state, State.REGISTERING)
+        self.assertEqual(self.node.counters["dropped_unauthenticated"], 2)
+        # With both extensions the home agent's refusal counts.
+        self.deliver_fa(fa_reply(self.last, code=mip.CODE_HA_PROHIBITED))
+        self.assertEqual(self.node.state, State.REFUSED)
+        self.assertEqual(self.node.last_code, mip.CODE_HA_PROHIBITED)
+
+    def test_refused(self) -> None:
+        """Refusals that another try would not cure: refused, a fresh start later."""
+        for code in (64, 65, 67, 68, 70, 71, 72, 73, 74, 75, 76, 77, 79):
+            sent: list[bytes] = []
+            clock = make_clock()
+            node = MobileNode(SETTINGS, clock=clock, send=sent.append)
+            node.set_foreign_agent(FA_LINK)
+            node.register(COA_A)
+            node.datagram_received(fa_reply(sent[-1], code=code, mnha=False), FA_SOURCE)
+            self.assertEqual(node.state, State.REFUSED, code)
+            self.assertEqual(node.last_code, code)
+            self.assertEqual(node.status()["code"], code)
+            self.assertEqual(node.counters[f"fa_refusals_{code}"], 1)
+            clock.advance(7.9)
+            self.assertEqual(len(sent), 1, code)
+            clock.advance(0.1)
+            self.assertEqual(len(sent), 2, code)
+            self.assertEqual(node.state, State.REGISTERING)
+            node.stop()
+
+    def test_transient(self) -> None:
+        """66, 78 and 80-88: the retransmissions go on with their backoff."""
+        for code in (66, 78, 80, 81, 82, 88):
+            sent: list[tuple[float, bytes]] = []
+            clock = make_clock()
+
+            def send(d: bytes, c: Clock = clock, out: list[tuple[float, bytes]] = sent) -> None:
+                out.append((c.seconds(), d))
+
+            node = MobileNode(SETTINGS, clock=clock, send=send)
+            node.set_foreign_agent(FA_LINK)
+            node.register(COA_A)
+            node.datagram_received(fa_reply(sent[-1][1], code=code, mnha=False), FA_SOURCE)
+            self.assertEqual(node.state, State.REGISTERING, code)
+            self.assertEqual(node.last_code, code)
+            clock.pump([1, 2, 4])
+            self.assertEqual([round(t - NOW) for t, _ in sent], [0, 1, 3, 7], code)
+            node.datagram_received(fa_reply(sent[-1][1]), FA_SOURCE)
+            self.assertEqual(node.state, State.REGISTERED)
+            node.stop()
+
+    def test_lifetime_too_long(self) -> None:
+        """69: asked again at once with the foreign agent's maximum."""
+        self.via()
+        self.node.register(COA_A)
+        self.clock.advance(0.5)
+        self.deliver_fa(
+            fa_reply(self.last, code=mip.CODE_FA_LIFETIME_TOO_LONG, lifetime=300, mnha=False)
+        )
+        self.assertEqual(self.times(), [0, 0.5])
+        self.assertViaFA(self.last, lifetime=300)
+        self.assertEqual(self.node.state, State.REGISTERING)
+        self.assertEqual(self.node.last_code, mip.CODE_FA_LIFETIME_TOO_LONG)
+        self.deliver_fa(fa_reply(self.last))
+        self.assertEqual(self.node.granted_lifetime, 300)
+        # Later requests keep to it.
+        self.clock.advance(240)
+        self.assertViaFA(self.last, lifetime=300)
+        # A 69 that offers no less is not a reason to hurry: the timer goes on.
+        self.deliver_fa(
+            fa_reply(self.last, code=mip.CODE_FA_LIFETIME_TOO_LONG, lifetime=300, mnha=False)
+        )
+        self.assertEqual(len(self.sent), 3)
+        self.clock.advance(1)
+        self.assertEqual(len(self.sent), 4)
+        # Going direct again asks for the configured lifetime.
+        self.node.set_foreign_agent(None)
+        self.node.register(COA_A)
+        self.assertEqual(decode_request(self.last).lifetime, 600)
+
+    def test_deregister(self) -> None:
+        """Deregistering through the foreign agent: lifetime 0 for its care-of address."""
+        self.via()
+        self.node.register(COA_A)
+        self.deliver_fa(fa_reply(self.last))
+        d = self.node.deregister()
+        req = self.assertViaFA(self.last, lifetime=0)
+        self.assertFalse(req.flag(mip.FLAG_T))
+        self.deliver_fa(fa_reply(self.last))
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(self.node.state, State.UNREGISTERED)
+        self.assertIsNone(self.node.registered_via)
+
+    def test_deregister_refused_by_fa(self) -> None:
+        self.via()
+        self.node.register(COA_A)
+        self.deliver_fa(fa_reply(self.last))
+        d = self.node.deregister()
+        self.deliver_fa(fa_reply(self.last, code=mip.CODE_FA_PROHIBITED, mnha=False))
+        self.assertIs(self.successResultOf(d), False)
+        self.assertEqual(self.node.state, State.REFUSED)
+
+    def test_go_home_is_direct(self) -> None:
+        """At home there is no foreign agent: the deregistration goes to the home agent."""
+        self.via()
+        self.node.register(COA_A)
+        self.deliver_fa(fa_reply(self.last))
+        self.node.go_home()
+        req = decode_request(self.last)
+        self.assertEqual(req.care_of_address, N1.home_address)
+        self.assertEqual(req.lifetime, 0)
+        self.assertEqual(mip.auth_indices(req.extensions, mip.EXT_MN_FA), [])
+        self.assertEqual(self.node.next_hop, HA_ADDR)
+        self.deliver(make_reply(self.last))
+        self.assertEqual(self.node.state, State.AT_HOME)
 
 
 # ---------------------------------------------------------------------------

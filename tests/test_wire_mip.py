@@ -914,3 +914,55 @@ class PropertyTests(SynchronousTestCase):
         decoded = mip.decode(signed)
         index = len(decoded.extensions) - 1
         self.assertTrue(mip.verify_authenticator(decoded, index, key, "hmac-md5"))
+
+
+class RelayHelperTests(SynchronousTestCase):
+    """The helpers a foreign agent relays with: RFC 3024 codes, counting, cutting."""
+
+    def test_rfc3024_codes(self) -> None:
+        self.assertEqual(mip.CODE_FA_REVERSE_TUNNEL_UNAVAILABLE, 74)
+        self.assertEqual(mip.CODE_FA_REVERSE_TUNNEL_MANDATORY, 75)
+        self.assertEqual(mip.CODE_FA_MN_TOO_DISTANT, 76)
+        self.assertEqual(mip.CODE_FA_DELIVERY_STYLE_UNSUPPORTED, 79)
+        for code in (74, 75, 76, 79):
+            self.assertIn(code, mip.REPLY_CODE_NAMES)
+            self.assertIn(code, mip.FOREIGN_AGENT_CODES)
+            self.assertFalse(reply(code=code).accepted)
+        self.assertNotIn(128, mip.FOREIGN_AGENT_CODES)
+        self.assertNotIn(1, mip.FOREIGN_AGENT_CODES)
+
+    def test_auth_indices(self) -> None:
+        exts = every_kind() + (mip.AuthExtension(mip.EXT_FA_HA, 1, b"\x02"),)
+        self.assertEqual(mip.auth_indices(exts, mip.EXT_MN_HA), [6])
+        self.assertEqual(mip.auth_indices(exts, mip.EXT_MN_FA), [7])
+        self.assertEqual(mip.auth_indices(exts, mip.EXT_FA_HA), [8, 9])
+        self.assertEqual(mip.auth_indices((), mip.EXT_MN_HA), [])
+
+    def test_through_extension(self) -> None:
+        """The exact received bytes up to the end of one extension."""
+        data = mip.append_authenticator(
+            mip.encode(request(mip.NAIExtension(NAI))), mip.EXT_MN_HA, 7, KEY
+        )
+        tail = mip.encode_extension(mip.UnknownExtension(200, b"xyz"))
+        msg = mip.decode(data + tail)
+        self.assertEqual(mip.through_extension(msg, 0), h(REQUEST_FIXED_HEX + NAI_HEX))
+        self.assertEqual(mip.through_extension(msg, 1), data)
+        self.assertEqual(mip.through_extension(msg, 2), data + tail)
+        for bad in (-1, 3):
+            self.assertRaises(WireError, mip.through_extension, msg, bad)
+        # Only decoded messages carry the bytes received.
+        self.assertRaises(WireError, mip.through_extension, request(mip.NAIExtension(NAI)), 0)
+
+    def test_strip_after_mn_ha(self) -> None:
+        """MN-HA and what it covers stay byte for byte; MN-FA and the rest go."""
+        signed = mip.append_authenticator(mip.encode(reply()), mip.EXT_MN_HA, 7, KEY)
+        both = mip.append_authenticator(signed, mip.EXT_MN_FA, 9, OTHER_KEY)
+        extra = both + mip.encode_extension(mip.UnknownExtension(100, b""))
+        for data in (signed, both, extra):
+            self.assertEqual(mip.strip_after_mn_ha(mip.decode(data)), signed)
+        stripped = mip.decode(mip.strip_after_mn_ha(mip.decode(both)))
+        self.assertTrue(mip.verify_authenticator(stripped, 0, KEY, "hmac-md5"))
+        # No MN-HA, or two: nothing sensible to keep.
+        self.assertRaises(WireError, mip.strip_after_mn_ha, mip.decode(mip.encode(reply())))
+        twice = mip.append_authenticator(signed, mip.EXT_MN_HA, 7, KEY)
+        self.assertRaises(WireError, mip.strip_after_mn_ha, mip.decode(twice))

@@ -11,12 +11,19 @@ Order of the checks, so that nothing changes before the sender is proven:
 1. decode (a datagram too short for the fixed part is dropped and counted);
 2. find the mobile node by home address (or NAI) and its MN-HA extension;
    check the SPI and the authenticator in constant time (131 on failure);
+   a request that came from a known foreign agent, or that carries an FA-HA
+   extension, must carry exactly one valid FA-HA extension (132 on failure);
 3. refuse unrecognised non-skippable extensions (RFC 5944 section 1.9) and
    malformed extensions (134);
 4. check the home agent address (136), then the timestamp (133, the reply
    carrying the home agent's time in its high 32 bits and the request's low
    32 bits) and that the identification is newer than the last accepted one;
 5. apply the registration, commit it to the store, and only then reply.
+
+Every refusal leaves the bindings, the store and the last identification as
+they were.  A reply to a request relayed by a foreign agent whose FA-HA
+extension verified carries an FA-HA extension of its own, after the MN-HA
+extension (RFC 5944 section 3.8.3), so that the foreign agent can relay it.
 """
 
 from __future__ import annotations
@@ -249,36 +256,60 @@ class HomeAgent:
                 node = self._by_nai.get(ext.nai)
         return node
 
+    def _relay_check(
+        self, req: mip.RegistrationRequest, source: tuple[str, int]
+    ) -> tuple[ForeignAgentEntry | None, str]:
+        """The foreign agent that relayed ``req`` if its FA-HA verified, and why not.
+
+        Returns ``(entry, "")`` for a verified relay, ``(None, "")`` for a
+        request that did not come through a foreign agent, and ``(None, why)``
+        for one that must be refused with 132.
+        """
+        fa = self.foreign_agents.get(IPv4Address(source[0]))
+        faha = mip.auth_indices(req.extensions, mip.EXT_FA_HA)
+        if not faha and fa is None:
+            return None, ""
+        if fa is None:
+            return None, "FA-HA extension from an address with no FA-HA security association"
+        if len(faha) != 1:
+            return None, f"{len(faha)} FA-HA extensions, expected one"
+        ext = req.extensions[faha[0]]
+        assert isinstance(ext, mip.AuthExtension)
+        if ext.spi != fa.spi:
+            return None, f"unknown FA-HA SPI {ext.spi}"
+        if not mip.verify_authenticator(req, faha[0], fa.key, fa.algorithm):
+            return None, "bad FA-HA authenticator"
+        return fa, ""
+
     def _process(self, req: mip.RegistrationRequest, source: tuple[str, int]) -> bytes | None:
         node = self._identify(req)
         mnha = mip.find_auth(req.extensions, mip.EXT_MN_HA)
+        # Checking FA-HA changes nothing; knowing the result first lets every
+        # reply to a verified relay carry FA-HA, 131 included, so the foreign
+        # agent relays our answer instead of reporting 68 to the node.
+        fa, fa_problem = self._relay_check(req, source)
         # 1. Authenticate before anything else.
         if node is None:
-            return self._deny(req, None, mip.CODE_HA_MN_AUTH_FAILED, source, "unknown home address")
+            return self._deny(
+                req, None, mip.CODE_HA_MN_AUTH_FAILED, source, "unknown home address", fa
+            )
         if mnha is None:
-            return self._deny(req, node, mip.CODE_HA_MN_AUTH_FAILED, source, "no MN-HA extension")
+            return self._deny(
+                req, node, mip.CODE_HA_MN_AUTH_FAILED, source, "no MN-HA extension", fa
+            )
         ext = req.extensions[mnha]
         assert isinstance(ext, mip.AuthExtension)
         if ext.spi != node.spi:
             return self._deny(
-                req, node, mip.CODE_HA_MN_AUTH_FAILED, source, f"unknown SPI {ext.spi}"
+                req, node, mip.CODE_HA_MN_AUTH_FAILED, source, f"unknown SPI {ext.spi}", fa
             )
         if not mip.verify_authenticator(req, mnha, node.key, node.algorithm):
-            return self._deny(req, node, mip.CODE_HA_MN_AUTH_FAILED, source, "bad authenticator")
+            return self._deny(
+                req, node, mip.CODE_HA_MN_AUTH_FAILED, source, "bad authenticator", fa
+            )
         # A relayed request must also carry a valid FA-HA extension.
-        fa = self.foreign_agents.get(IPv4Address(source[0]))
-        faha = mip.find_auth(req.extensions, mip.EXT_FA_HA)
-        if faha is not None or fa is not None:
-            if fa is None or faha is None:
-                return self._deny(
-                    req, node, mip.CODE_HA_FA_AUTH_FAILED, source, "no FA-HA security association"
-                )
-            faext = req.extensions[faha]
-            assert isinstance(faext, mip.AuthExtension)
-            if faext.spi != fa.spi or not mip.verify_authenticator(req, faha, fa.key, fa.algorithm):
-                return self._deny(
-                    req, node, mip.CODE_HA_FA_AUTH_FAILED, source, "bad FA-HA authenticator"
-                )
+        if fa_problem:
+            return self._deny(req, node, mip.CODE_HA_FA_AUTH_FAILED, source, fa_problem)
         # 2. Form: non-skippable extensions we do not know; protected order.
         unknown = mip.unknown_nonskippable(req.extensions)
         if unknown is not None:
@@ -288,11 +319,12 @@ class HomeAgent:
                 mip.CODE_HA_POORLY_FORMED,
                 source,
                 f"unrecognised extension type {unknown}",
+                fa=fa,
             )
         for later in req.extensions[mnha + 1 :]:
             if isinstance(later, mip.AuthExtension) and later.type == mip.EXT_MN_HA:
                 return self._deny(
-                    req, node, mip.CODE_HA_POORLY_FORMED, source, "two MN-HA extensions"
+                    req, node, mip.CODE_HA_POORLY_FORMED, source, "two MN-HA extensions", fa=fa
                 )
         if req.flags & (mip.FLAG_M | mip.FLAG_G):
             return self._deny(
@@ -301,11 +333,17 @@ class HomeAgent:
                 mip.CODE_HA_UNSPECIFIED,
                 source,
                 "requested encapsulation (minimal or GRE) unavailable",
+                fa=fa,
             )
         # 3. Addressing and replay protection.
         if req.home_agent not in self.addresses:
             return self._deny(
-                req, node, mip.CODE_HA_UNKNOWN_HA, source, f"not our address: {req.home_agent}"
+                req,
+                node,
+                mip.CODE_HA_UNKNOWN_HA,
+                source,
+                f"not our address: {req.home_agent}",
+                fa=fa,
             )
         now = self.clock.seconds()
         skew = ntp_diff(req.identification, to_ntp(now))
@@ -316,14 +354,20 @@ class HomeAgent:
                 mip.CODE_HA_ID_MISMATCH,
                 source,
                 f"timestamp off by {skew:+.1f} s (window {self.replay_window:g} s)",
+                fa=fa,
             )
         last = self.store.last_identification(node.name)
         if last is not None and ntp_diff(req.identification, last) <= 0:
             return self._deny(
-                req, node, mip.CODE_HA_ID_MISMATCH, source, "identification not newer (replay)"
+                req,
+                node,
+                mip.CODE_HA_ID_MISMATCH,
+                source,
+                "identification not newer (replay)",
+                fa=fa,
             )
         # 4. Apply.
-        return self._apply(req, node, source, now)
+        return self._apply(req, node, source, now, fa)
 
     def _apply(
         self,
@@ -331,6 +375,7 @@ class HomeAgent:
         node: MobileNodeEntry,
         source: tuple[str, int],
         now: float,
+        fa: ForeignAgentEntry | None = None,
     ) -> bytes | None:
         current = list(self.bindings.get(node.name, []))
         utrq_i = mip.find_extension(req.extensions, mip.UDPTunnelRequest)
@@ -372,7 +417,7 @@ class HomeAgent:
                 flags=req.flags,
                 nat=nat,
                 keepalive=keepalive,
-                path="relay" if IPv4Address(source[0]) in self.foreign_agents else "direct",
+                path="relay" if fa is not None else "direct",
             )
             others = [b for b in current if b.care_of_address != req.care_of_address]
             if req.flag(mip.FLAG_S) and node.simultaneous_bindings > 1:
@@ -384,6 +429,7 @@ class HomeAgent:
                         source,
                         f"already {len(others)} binding(s), at most "
                         f"{node.simultaneous_bindings} allowed",
+                        fa=fa,
                     )
                 new = others + [binding]
             else:
@@ -397,6 +443,7 @@ class HomeAgent:
                     mip.CODE_HA_RESOURCES,
                     source,
                     f"binding table full ({self.max_bindings})",
+                    fa=fa,
                 )
         # Commit before replying.
         self.store.commit_registration(node.name, new, req.identification)
@@ -418,7 +465,7 @@ class HomeAgent:
             if any(b.nat for b in new if b.care_of_address == req.care_of_address)
             else "",
         )
-        return self._reply(req, node, code, source, lifetime=granted, extensions=reply_exts)
+        return self._reply(req, node, code, source, lifetime=granted, extensions=reply_exts, fa=fa)
 
     def _deny(
         self,
@@ -427,6 +474,7 @@ class HomeAgent:
         code: int,
         source: tuple[str, int],
         why: str,
+        fa: ForeignAgentEntry | None = None,
     ) -> bytes | None:
         self.counters[f"denied_{code}"] += 1
         self.log.warn(
@@ -444,7 +492,9 @@ class HomeAgent:
         # A request that failed authentication gets an unsigned reply: signing
         # whatever an unauthenticated sender chose would hand out authentic
         # refusals that an attacker could aim at a node's pending request.
-        return self._reply(req, node, code, source, authenticate=code != mip.CODE_HA_MN_AUTH_FAILED)
+        return self._reply(
+            req, node, code, source, authenticate=code != mip.CODE_HA_MN_AUTH_FAILED, fa=fa
+        )
 
     def _reply(
         self,
@@ -456,7 +506,9 @@ class HomeAgent:
         lifetime: int = 0,
         extensions: Sequence[mip.Extension] = (),
         authenticate: bool = True,
+        fa: ForeignAgentEntry | None = None,
     ) -> bytes:
+        """The reply to ``req``: MN-HA if ``authenticate``, then FA-HA for ``fa``."""
         ident = req.identification
         if code == mip.CODE_HA_ID_MISMATCH:
             # RFC 5944 section 5.7.1: our time in the high 32 bits, the
@@ -478,5 +530,9 @@ class HomeAgent:
         data = mip.encode(reply)
         if node is not None and authenticate:
             data = mip.append_authenticator(data, mip.EXT_MN_HA, node.spi, node.key, node.algorithm)
+        if fa is not None:
+            # RFC 5944 section 3.8.3: after the MN-HA extension, so the
+            # foreign agent can check it and strip it before relaying.
+            data = mip.append_authenticator(data, mip.EXT_FA_HA, fa.spi, fa.key, fa.algorithm)
         self.counters["replies_sent"] += 1
         return data

@@ -20,6 +20,17 @@ Behaviour:
   non-skippable extension are discarded (RFC 5944 section 1.9);
 - :meth:`deregister` removes every binding (care-of address = home address,
   lifetime 0) and fires its Deferred when the reply comes or tries run out.
+
+Through a foreign agent (the relay, RFC 5944 sections 3.6 and 3.7), set with
+:meth:`MobileNode.set_foreign_agent`: requests name the foreign agent's
+address as care-of address, without the 'D' bit or the RFC 3519 UDP tunnel
+request, and carry an MN-FA extension after the MN-HA one; they go to the
+foreign agent (:attr:`MobileNode.next_hop`).  Every reply to such a request
+must carry a valid MN-FA extension.  A refusal by the foreign agent itself
+(codes 64-127) is acted upon on the strength of MN-FA alone: 69 is retried at
+once with the lifetime it offers, 66, 78 and 80-88 are retried with the usual
+backoff, and the others leave the node refused.  Anything else still needs a
+valid MN-HA extension.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address
 from typing import Any
@@ -77,13 +88,40 @@ class MobileNodeSettings:
         )
 
 
+@dataclass(frozen=True)
+class ForeignAgentLink:
+    """A foreign agent (relay) to register through, with the MN-FA security association."""
+
+    address: IPv4Address
+    spi: int
+    key: bytes = field(repr=False)
+    algorithm: str = "hmac-md5"
+
+
+#: Foreign agent refusals worth trying again with the usual backoff: lack of
+#: room, a lost answer from the home agent, a home agent out of reach.
+TRANSIENT_FA_CODES = frozenset(
+    {
+        mip.CODE_FA_RESOURCES,
+        mip.CODE_FA_TIMEOUT,
+        *range(mip.CODE_FA_HOME_NET_UNREACHABLE, mip.CODE_FA_HA_UNREACHABLE + 1),
+    }
+)
+
 StatusListener = Callable[["MobileNode"], None]
 
 _RANDOM_BITS = (1 << 24) - 1
 
 
 class MobileNode:
-    """Registration state machine of one mobile node."""
+    """Registration state machine of one mobile node.
+
+    ``care_of`` is the node's own address (the one given to :meth:`register`);
+    ``foreign_agent`` the relay requests are built for (None: direct);
+    ``next_hop`` where the request being sent must go (the foreign agent, or
+    the home agent), for adapters that route by it; ``registered_via`` the
+    foreign agent of the registration in force, or None.
+    """
 
     log = Logger()
 
@@ -109,7 +147,12 @@ class MobileNode:
         self.keepalive = 0
         self.attempts = 0
         self.events: list[dict[str, Any]] = []
-        self._outstanding: dict[int, tuple[int, float]] = {}  # low 32 bits -> (ident, sent)
+        self.foreign_agent: ForeignAgentLink | None = None
+        self.registered_via: IPv4Address | None = None
+        self.next_hop: IPv4Address = settings.home_agent
+        # low 32 bits -> (identification, time sent, foreign agent it went through)
+        self._outstanding: dict[int, tuple[int, float, ForeignAgentLink | None]] = {}
+        self._lifetime_cap: int | None = None
         self._interval = settings.retransmit_initial
         self._timer: IDelayedCall | None = None
         self._deregistered: Deferred[bool] | None = None
@@ -131,6 +174,18 @@ class MobileNode:
         self.care_of = care_of
         self.note_event("care-of", address=str(care_of), changed=changed)
         self._start(State.REGISTERING)
+
+    def set_foreign_agent(self, fa: ForeignAgentLink | None) -> None:
+        """Register through ``fa`` (or directly, with None) from the next request on.
+
+        Nothing is sent now: the caller re-registers when it wants the change
+        to take effect at once.
+        """
+        if fa == self.foreign_agent:
+            return
+        self._lifetime_cap = None
+        self.foreign_agent = fa
+        self.note_event("foreign-agent", address=str(fa.address) if fa else None)
 
     def go_home(self) -> None:
         """The node is on its home network: remove every binding."""
@@ -160,6 +215,8 @@ class MobileNode:
             "home_address": str(self.settings.home_address),
             "home_agent": str(self.settings.home_agent),
             "care_of_address": str(self.care_of) if self.care_of else None,
+            "foreign_agent": str(self.foreign_agent.address) if self.foreign_agent else None,
+            "registered_via": str(self.registered_via) if self.registered_via else None,
             "registered_until": self.registered_until,
             "remaining": (max(0.0, self.registered_until - now) if self.registered_until else None),
             "lifetime": self.granted_lifetime,
@@ -198,31 +255,53 @@ class MobileNode:
         self._last_ident = ident
         return ident
 
+    def _lifetime(self) -> int:
+        """The lifetime to ask for: the configured one, or less if a foreign agent said so."""
+        if self.state is State.DEREGISTERING:
+            return 0
+        lifetime = self.settings.lifetime
+        if self._lifetime_cap is not None and self.foreign_agent is not None:
+            lifetime = min(lifetime, self._lifetime_cap)
+        return lifetime
+
     def _build(self) -> bytes:
         s = self.settings
         deregistering = self.state is State.DEREGISTERING
-        coa = s.home_address if deregistering else self.care_of
+        # On the home network (go_home) there is no foreign agent to go through.
+        fa = self.foreign_agent if self.care_of != s.home_address else None
+        coa: IPv4Address | None
+        if fa is not None:
+            # RFC 5944 section 3.6.1.2: a foreign agent's care-of address, the
+            # foreign agent decapsulates ('D' clear); NAT traversal is its job.
+            coa = fa.address
+            flags = 0
+        else:
+            coa = s.home_address if deregistering else self.care_of
+            flags = mip.FLAG_D
         assert coa is not None
-        flags = mip.FLAG_D
         if s.reverse_tunnel and not deregistering:
             flags |= mip.FLAG_T
         exts: list[mip.Extension] = []
         if s.nai:
             exts.append(mip.NAIExtension(s.nai.encode()))
-        if s.udp_tunnel != "off" and not deregistering:
+        if s.udp_tunnel != "off" and not deregistering and fa is None:
             exts.append(mip.UDPTunnelRequest(encapsulation=4, force=s.udp_tunnel == "force"))
         ident = self._identification()
         req = mip.RegistrationRequest(
             flags=flags,
-            lifetime=0 if deregistering else s.lifetime,
+            lifetime=self._lifetime(),
             home_address=s.home_address,
             home_agent=s.home_agent,
             care_of_address=coa,
             identification=ident,
             extensions=tuple(exts),
         )
-        self._outstanding[ident & 0xFFFFFFFF] = (ident, self.clock.seconds())
-        return mip.append_authenticator(mip.encode(req), mip.EXT_MN_HA, s.spi, s.key, s.algorithm)
+        self._outstanding[ident & 0xFFFFFFFF] = (ident, self.clock.seconds(), fa)
+        self.next_hop = fa.address if fa is not None else s.home_agent
+        data = mip.append_authenticator(mip.encode(req), mip.EXT_MN_HA, s.spi, s.key, s.algorithm)
+        if fa is not None:
+            data = mip.append_authenticator(data, mip.EXT_MN_FA, fa.spi, fa.key, fa.algorithm)
+        return data
 
     def _transmit(self) -> None:
         self._timer = None
@@ -244,15 +323,18 @@ class MobileNode:
         self.counters["requests_sent"] += 1
         if self.attempts > 1:
             self.counters["retransmissions"] += 1
+        via = self.next_hop if self.next_hop != s.home_agent else None
         self.note_event(
             "request",
             attempt=self.attempts,
-            lifetime=0 if self.state is State.DEREGISTERING else s.lifetime,
+            lifetime=self._lifetime(),
+            **({"via": str(via)} if via is not None else {}),
         )
         self.log.info(
-            "{what} sent to {ha} coa={coa} attempt={n}",
+            "{what} sent to {ha}{via} coa={coa} attempt={n}",
             what="deregistration" if self.state is State.DEREGISTERING else "registration request",
             ha=s.home_agent,
+            via=f" via foreign agent {via}" if via is not None else "",
             coa=self.care_of,
             n=self.attempts,
         )
@@ -303,6 +385,23 @@ class MobileNode:
             ext = msg.extensions[mnha]
             assert isinstance(ext, mip.AuthExtension)
             ok = ext.spi == s.spi and mip.verify_authenticator(msg, mnha, s.key, s.algorithm)
+        fa = pending[2]
+        from_fa = False
+        if fa is not None:
+            # Sent through a foreign agent: whatever comes back must carry its
+            # MN-FA extension (RFC 5944 section 3.6.2.1).  A refusal of its
+            # own (64-127) stands on MN-FA alone; anything else also needs
+            # the home agent's MN-HA.
+            mnfa = mip.auth_indices(msg.extensions, mip.EXT_MN_FA)
+            fa_ok = False
+            if len(mnfa) == 1:
+                fext = msg.extensions[mnfa[0]]
+                assert isinstance(fext, mip.AuthExtension)
+                fa_ok = fext.spi == fa.spi and mip.verify_authenticator(
+                    msg, mnfa[0], fa.key, fa.algorithm
+                )
+            from_fa = fa_ok and not ok and msg.code in mip.FOREIGN_AGENT_CODES
+            ok = fa_ok and (ok or from_fa)
         if not ok:
             self.counters["dropped_unauthenticated"] += 1
             self.last_unverified_code = msg.code
@@ -321,9 +420,65 @@ class MobileNode:
                 "discarded a reply with unrecognised non-skippable extension {t}", t=unknown
             )
             return
+        if from_fa:
+            self._handle_fa_refusal(msg, pending)
+            return
         self._handle_reply(msg, pending)
 
-    def _handle_reply(self, msg: mip.RegistrationReply, pending: tuple[int, float]) -> None:
+    def _handle_fa_refusal(
+        self, msg: mip.RegistrationReply, pending: tuple[int, float, ForeignAgentLink | None]
+    ) -> None:
+        """A refusal the foreign agent made itself, authenticated by MN-FA."""
+        fa = pending[2]
+        assert fa is not None
+        self.last_code = msg.code
+        self.last_unverified_code = None
+        self.counters[f"fa_refusals_{msg.code}"] += 1
+        self.note_event("reply", code=msg.code, lifetime=msg.lifetime, via=str(fa.address))
+        meaning = mip.REPLY_CODE_NAMES.get(msg.code, "?")
+        asked = self._lifetime()
+        if (
+            msg.code == mip.CODE_FA_LIFETIME_TOO_LONG
+            and 0 < msg.lifetime < asked
+            and self.state is State.REGISTERING
+        ):
+            self._lifetime_cap = msg.lifetime
+            self.log.info(
+                "foreign agent {fa} allows at most {lifetime} s; asking again",
+                fa=fa.address,
+                lifetime=msg.lifetime,
+            )
+            self._start(State.REGISTERING)
+            return
+        if msg.code in TRANSIENT_FA_CODES or msg.code == mip.CODE_FA_LIFETIME_TOO_LONG:
+            # The retransmission timer keeps running: tried again with backoff.
+            self.log.warn(
+                "foreign agent {fa} refused with code {code} ({meaning}); trying again",
+                fa=fa.address,
+                code=msg.code,
+                meaning=meaning,
+            )
+            self._notify()
+            return
+        self._cancel()
+        self._outstanding.clear()
+        self.registered_until = None
+        self.registered_via = None
+        self.log.warn(
+            "foreign agent {fa} refused with code {code} ({meaning}); retrying in {delay:g} s",
+            fa=fa.address,
+            code=msg.code,
+            meaning=meaning,
+            delay=self.settings.retransmit_max,
+        )
+        self._set_state(State.REFUSED)
+        if self._deregistered is not None:
+            self._finish_deregistration(False)
+        self._timer = self.clock.callLater(self.settings.retransmit_max, self._restart)
+
+    def _handle_reply(
+        self, msg: mip.RegistrationReply, pending: tuple[int, float, ForeignAgentLink | None]
+    ) -> None:
         s = self.settings
         now = self.clock.seconds()
         self.last_code = msg.code
@@ -358,6 +513,7 @@ class MobileNode:
             if msg.accepted:
                 self.registered_until = None
                 self.granted_lifetime = 0
+                self.registered_via = None
                 self.log.info(
                     "deregistered from {ha} (code {code})", ha=s.home_agent, code=msg.code
                 )
@@ -372,6 +528,7 @@ class MobileNode:
         if msg.accepted:
             self.granted_lifetime = msg.lifetime
             self.registered_until = now + msg.lifetime
+            self.registered_via = pending[2].address if pending[2] is not None else None
             utrp_i = mip.find_extension(msg.extensions, mip.UDPTunnelReply)
             self.nat = False
             self.keepalive = 0
@@ -381,8 +538,9 @@ class MobileNode:
                 self.nat = utrp.code == 0
                 self.keepalive = utrp.keepalive
             self.log.info(
-                "registered coa={coa} lifetime={lifetime} code={code} ({meaning}){nat}",
+                "registered coa={coa}{via} lifetime={lifetime} code={code} ({meaning}){nat}",
                 coa=self.care_of,
+                via=f" via foreign agent {self.registered_via}" if self.registered_via else "",
                 lifetime=msg.lifetime,
                 code=msg.code,
                 meaning=mip.REPLY_CODE_NAMES.get(msg.code, "?"),
@@ -394,6 +552,7 @@ class MobileNode:
                 self._timer = self.clock.callLater(delay, self._reregister)
             return
         self.registered_until = None
+        self.registered_via = None
         self.log.warn(
             "registration refused with code {code} ({meaning}); retrying in {delay:g} s",
             code=msg.code,

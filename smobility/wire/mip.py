@@ -75,6 +75,11 @@ CODE_FA_POORLY_FORMED_REQUEST: Final = 70
 CODE_FA_POORLY_FORMED_REPLY: Final = 71
 CODE_FA_ENCAPSULATION_UNAVAILABLE: Final = 72
 CODE_FA_VJ_UNAVAILABLE: Final = 73
+# RFC 3024 (reverse tunnelling) foreign agent codes.
+CODE_FA_REVERSE_TUNNEL_UNAVAILABLE: Final = 74
+CODE_FA_REVERSE_TUNNEL_MANDATORY: Final = 75
+CODE_FA_MN_TOO_DISTANT: Final = 76
+CODE_FA_DELIVERY_STYLE_UNSUPPORTED: Final = 79
 CODE_FA_INVALID_COA: Final = 77
 CODE_FA_TIMEOUT: Final = 78
 CODE_FA_HOME_NET_UNREACHABLE: Final = 80
@@ -105,8 +110,12 @@ REPLY_CODE_NAMES: Final[dict[int, str]] = {
     71: "poorly formed reply",
     72: "requested encapsulation unavailable",
     73: "reserved and unavailable",
+    74: "requested reverse tunnel unavailable",
+    75: "reverse tunnel is mandatory and 'T' bit not set",
+    76: "mobile node too distant",
     77: "invalid care-of address",
     78: "registration timeout",
+    79: "delivery style not supported",
     80: "home network unreachable",
     81: "home agent host unreachable",
     82: "home agent port unreachable",
@@ -121,6 +130,9 @@ REPLY_CODE_NAMES: Final[dict[int, str]] = {
     135: "too many simultaneous mobility bindings",
     136: "unknown home agent address",
 }
+
+#: Codes a foreign agent uses to deny a registration (RFC 5944 section 3.4).
+FOREIGN_AGENT_CODES: Final = range(64, 128)
 
 # Authentication algorithms by name: (digest constructor, authenticator length).
 ALGORITHMS: Final[dict[str, tuple[str, int]]] = {
@@ -552,3 +564,42 @@ def unknown_nonskippable(exts: Sequence[Extension]) -> int | None:
         if isinstance(ext, UnknownExtension) and not ext.skippable:
             return ext.type
     return None
+
+
+def auth_indices(exts: Sequence[Extension], ext_type: int) -> list[int]:
+    """Indices of every authentication extension of ``ext_type``, in order.
+
+    RFC 5944 sections 3.7.2.1 and 3.7.3.1 ask for exactly one MN-FA or
+    FA-HA extension; this tells how many there are.
+    """
+    return [
+        i for i, ext in enumerate(exts) if isinstance(ext, AuthExtension) and ext.type == ext_type
+    ]
+
+
+def through_extension(msg: Message, index: int) -> bytes:
+    """The received bytes of ``msg`` up to and including extension ``index``.
+
+    Works on decoded messages (which carry ``raw`` and ``offsets``).  A
+    foreign agent relays a message by keeping these bytes untouched (RFC 5944
+    sections 3.7.2.2 and 3.7.3.2) and replacing whatever follows.
+    """
+    if not msg.raw or len(msg.offsets) != len(msg.extensions):
+        raise WireError("the bytes of an extension need a decoded message")
+    if not 0 <= index < len(msg.extensions):
+        raise WireError(f"no extension {index} in a message of {len(msg.extensions)}")
+    start = msg.offsets[index]
+    return msg.raw[: start + 2 + msg.raw[start + 1]]
+
+
+def strip_after_mn_ha(msg: Message) -> bytes:
+    """The received bytes of ``msg`` through its Mobile-Home authentication extension.
+
+    Everything after the (single) MN-HA extension is left off: the
+    extensions a foreign agent processes and removes before it relays a
+    request or a reply (RFC 5944 sections 3.7.2.2 and 3.7.3.2).
+    """
+    found = auth_indices(msg.extensions, EXT_MN_HA)
+    if len(found) != 1:
+        raise WireError(f"{len(found)} MN-HA extensions, expected exactly one")
+    return through_extension(msg, found[0])
