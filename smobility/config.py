@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "ALGORITHMS",
+    "RELAY_MODES",
     "AuthKey",
     "ClientConfig",
     "ClientTunnelConfig",
@@ -50,6 +51,8 @@ __all__ = [
     "MobileNodeConfig",
     "MuxConfig",
     "RelayConfig",
+    "RelayPeerConfig",
+    "VisitorConfig",
     "load_client",
     "load_home",
     "load_mux",
@@ -321,6 +324,16 @@ class TransportConfig:
     ``kind`` "udp": registration and ESP-in-UDP straight to the home agent.
     ``kind`` "http": datagrams framed in HTTP(S) to the multiplexer, directly
     or through ``proxy`` (and ``outer_proxy`` in front of it).
+    ``kind`` "relay": registration through the relay (a Mobile IP foreign
+    agent) at ``relay``:``port``, authenticated to it with ``auth`` (the
+    Mobile-Foreign association); ESP and IKE to ``relay``:``esp_port``.
+    ``kind`` "gateway": an IKEv2 tunnel to the IPsec VPN gateway at
+    ``gateway``:``port`` set up with ``ike`` (whose ``home_agent_identity``
+    is the identity the gateway must prove), then registration with the home
+    agent at ``inside_home_agent`` inside that tunnel.
+
+    ``port`` is only read for "relay" (default 434) and "gateway" (4500).
+    The ``repr`` never shows a key, a token or a secret.
     """
 
     kind: str
@@ -334,16 +347,33 @@ class TransportConfig:
     upload: str = "stream"
     proxy: ProxyConfig | None = None
     outer_proxy: ProxyConfig | None = None
+    relay: IPv4Address | None = None
+    port: int = 434
+    esp_port: int = 4500
+    auth: AuthKey | None = None
+    gateway: IPv4Address | None = None
+    inside_home_agent: IPv4Address | None = None
+    ike: ClientIKEConfig | None = None
 
     def __repr__(self) -> str:
+        if self.kind == "relay":
+            return (
+                f"TransportConfig(kind='relay', relay={self.relay}:{self.port}, "
+                f"esp_port={self.esp_port}, auth={self.auth!r})"
+            )
+        if self.kind == "gateway":
+            return (
+                f"TransportConfig(kind='gateway', gateway={self.gateway}:{self.port}, "
+                f"inside_home_agent={self.inside_home_agent}, ike={self.ike!r})"
+            )
         via = [p for p in (self.outer_proxy, self.proxy) if p is not None]
         mux = f"{self.mux_host}:{self.mux_port}"
         return f"TransportConfig(kind={self.kind!r}, mux={mux}, via={via})"
 
     def label(self) -> str:
         """A short name for logs and the timeline."""
-        if self.kind == "udp":
-            return "udp"
+        if self.kind in ("udp", "relay", "gateway"):
+            return self.kind
         hops = [p.kind for p in (self.outer_proxy, self.proxy) if p is not None]
         return "http" + "".join(f"+{h}" for h in hops) + ("(tls)" if self.tls else "")
 
@@ -388,6 +418,32 @@ class HomeConfig:
     warnings: tuple[str, ...]
     tunnel: HomeTunnelConfig | None = None
     ike: HomeIKEConfig | None = None
+    relays: tuple[RelayPeerConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelayPeerConfig:
+    """A relay the home agent accepts relayed registrations from (a ``[[relay]]`` table).
+
+    ``auth`` is the Foreign-Home security association: the relay appends its
+    authenticator to the registrations it forwards (RFC 5944 3.5.4).
+    """
+
+    address: IPv4Address
+    auth: AuthKey
+
+
+@dataclass(frozen=True)
+class VisitorConfig:
+    """A client the relay serves (a ``[[visitor]]`` table of the relay's file).
+
+    Identified by ``home_address`` when given, else by ``name`` (a plain name
+    or the client's NAI); ``auth`` is the Mobile-Foreign security association.
+    """
+
+    name: str
+    home_address: IPv4Address | None
+    auth: AuthKey
 
 
 @dataclass(frozen=True)
@@ -419,6 +475,15 @@ class ClientConfig:
     ike: ClientIKEConfig | None = None
 
 
+RELAY_MODES: tuple[str, ...] = ("forward", "terminate")
+"""How the relay carries a client's traffic; the first is the default.
+
+"forward" (the seed's figure 6): the client's own end-to-end ESP with its
+home agent goes inside IP-in-IP, the relay translates addresses for the
+client and never sees cleartext.  "terminate" (figures 1 and 3): the relay
+ends the client's ESP and keeps its own SA with the home agent."""
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """The relay's configuration (a Mobile IP foreign agent, C{smobility-relay})."""
@@ -428,10 +493,12 @@ class RelayConfig:
     port: int
     address: IPv4Address
     home_agents: tuple[tuple[IPv4Address, AuthKey], ...]
-    visitors: tuple[tuple[str, AuthKey], ...]
+    visitors: tuple[VisitorConfig, ...]
     max_lifetime: int
     pending_timeout: float
     warnings: tuple[str, ...]
+    mode: str = RELAY_MODES[0]
+    esp_port: int = 4500
 
 
 @dataclass(frozen=True)
@@ -907,10 +974,26 @@ def _ifname(r: _Reader, name: str, default: str | _Missing) -> str:
     return value
 
 
-_TRANSPORT_KEYS = (
-    "kind", "fallback_after", "mux_host", "mux_port", "tls", "tls_name", "ca_file",
-    "token_file", "token", "upload", "proxy", "outer_proxy",
+# The keys each kind of [[transport]] takes besides kind and fallback_after.
+# "key" is the Mobile-Foreign key (hex) of a relay transport but the path of
+# the private key of a gateway transport, as in [ike].
+_TRANSPORT_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "udp": (),
+    "http": (
+        "mux_host", "mux_port", "tls", "tls_name", "ca_file", "token_file", "token", "upload",
+        "proxy", "outer_proxy",
+    ),
+    "relay": ("relay", "port", "esp_port") + _AUTH_KEYS,
+    "gateway": (
+        "gateway", "port", "inside_home_agent", "auth", "identity", "gateway_identity", "psk",
+        "psk_file", "cert", "key", "ca_file",
+    ),
+}
+_TRANSPORT_KINDS = tuple(_TRANSPORT_KIND_KEYS)
+_TRANSPORT_KEYS = ("kind", "fallback_after") + tuple(
+    dict.fromkeys(k for keys in _TRANSPORT_KIND_KEYS.values() for k in keys)
 )
+_TRANSPORT_LABELS = {"http": "HTTP", "relay": "relay", "gateway": "gateway"}
 _PROXY_KEYS = ("kind", "host", "port", "username", "password", "password_file")
 
 
@@ -952,18 +1035,93 @@ def _read_proxy(parent: _Reader, name: str) -> ProxyConfig | None:
     return ProxyConfig(kind, host, port, username, password)
 
 
-def _read_transports(top: _Reader) -> tuple[TransportConfig, ...]:
+def _check_transport_keys(t: _Reader, kind: str) -> None:
+    """Refuse a key that belongs to another kind of transport, naming the kinds it fits."""
+    for name in t.table:
+        if name in ("kind", "fallback_after") or name in _TRANSPORT_KIND_KEYS[kind]:
+            continue
+        kinds = [k for k, keys in _TRANSPORT_KIND_KEYS.items() if name in keys]
+        labels = " and ".join(_TRANSPORT_LABELS[k] for k in kinds)
+        t.fail(
+            name, f'only {labels} transports take this key (this one is kind = "{kind}")',
+            " or ".join(f'kind = "{k}"' for k in kinds),
+        )
+
+
+def _read_relay_transport(
+    t: _Reader, fallback: float, home_agent: IPv4Address
+) -> TransportConfig:
+    relay = t.ipv4("relay", 'the relay\'s IPv4 address, such as "192.0.2.4"')
+    if relay == home_agent:
+        t.fail(
+            "relay", f"{relay} is also client.home_agent",
+            "the relay's address (a foreign agent), different from the home agent's",
+        )
+    port = t.port("port", 434)
+    esp_port = t.port("esp_port", 4500)
+    if esp_port == port:
+        t.fail(
+            "esp_port", f"{esp_port} is also {t.key('port')}",
+            "the relay's ESP-in-UDP port (esp_port of its [relay] table, default 4500), "
+            "different from its registration port",
+        )
+    auth = _read_auth(t)
+    return TransportConfig(
+        "relay", fallback, relay=relay, port=port, esp_port=esp_port, auth=auth
+    )
+
+
+def _read_gateway_transport(t: _Reader, fallback: float) -> TransportConfig:
+    gateway = t.ipv4("gateway", 'the VPN gateway\'s IPv4 address, such as "192.0.2.5"')
+    port = t.port("port", 4500)
+    inside = t.ipv4(
+        "inside_home_agent",
+        'the home agent\'s IPv4 address inside the home network, such as "10.77.0.1"',
+    )
+    if inside == gateway:
+        t.fail(
+            "inside_home_agent", f"{inside} is also {t.key('gateway')}",
+            "the home agent's address behind the gateway, not the gateway's own",
+        )
+    identity, kind = _ike_identity(t, "identity")
+    auth = t.choice("auth", _IKE_AUTH, "psk")
+    psk = _ike_psk(t, auth == "psk")
+    gw_identity, gw_kind = _ike_identity(t, "gateway_identity", str(gateway))
+    cert = t.optional_path("cert", "a path to the client's certificate (PEM)")
+    key = t.optional_path("key", "a path to the client's private key (PEM)")
+    ca_file = t.optional_path("ca_file", "a path to the CA certificate of the gateway (PEM)")
+    for name, value in (("cert", cert), ("key", key), ("ca_file", ca_file)):
+        if auth == "pubkey" and value is None:
+            t.fail(name, 'required key is missing (auth is "pubkey")', "a PEM file path")
+        if auth == "psk" and value is not None:
+            t.warn(name, 'is ignored because auth is "psk"')
+    ike = ClientIKEConfig(
+        identity=identity, identity_kind=kind, auth=auth, psk=psk,
+        home_agent_identity=gw_identity, home_agent_identity_kind=gw_kind,
+        params=IKEParameters(_IKE_DEFAULT_PROPOSALS, _IKE_DEFAULT_ESP, 14400, 3600, 30),
+        cert=cert, key=key, ca_file=ca_file,
+    )
+    return TransportConfig(
+        "gateway", fallback, port=port, gateway=gateway, inside_home_agent=inside, ike=ike
+    )
+
+
+def _read_transports(top: _Reader, home_agent: IPv4Address) -> tuple[TransportConfig, ...]:
     result: list[TransportConfig] = []
     for t in top.array_of_tables("transport", _TRANSPORT_KEYS, minimum=0):
-        kind = t.choice("kind", ("udp", "http"), "udp")
+        kind = t.choice("kind", _TRANSPORT_KINDS, "udp")
         fallback = t.number(
             "fallback_after", "seconds greater than 0", 4.0, above=0.0, at_most=600.0
         )
+        _check_transport_keys(t, kind)
         if kind == "udp":
-            for extra in _TRANSPORT_KEYS[2:]:
-                if t.has(extra):
-                    t.fail(extra, "only HTTP transports take this key", 'kind = "http"')
             result.append(TransportConfig("udp", fallback))
+            continue
+        if kind == "relay":
+            result.append(_read_relay_transport(t, fallback, home_agent))
+            continue
+        if kind == "gateway":
+            result.append(_read_gateway_transport(t, fallback))
             continue
         mux_host = t.string("mux_host", "the multiplexer's address as the last hop dials it")
         mux_port = t.port("mux_port", 8443)
@@ -1197,7 +1355,7 @@ def _read_client_ike(top: _Reader, home_agent: IPv4Address) -> ClientIKEConfig |
 # ---------------------------------------------------------------------------
 # Home agent
 
-_HOME_TOP = ("home", "mobile_node", "manhole", "tunnel", "ike")
+_HOME_TOP = ("home", "mobile_node", "manhole", "tunnel", "ike", "relay")
 _HOME_KEYS = (
     "addresses", "listen", "home_network", "port", "replay_window",
     "max_lifetime", "state_db",
@@ -1206,6 +1364,7 @@ _NODE_KEYS = (
     "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp", "ike",
 ) + _AUTH_KEYS
 _MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
+_HOME_RELAY_KEYS = ("address",) + _AUTH_KEYS
 
 
 def _read_addresses(r: _Reader) -> tuple[IPv4Address, ...]:
@@ -1225,6 +1384,27 @@ def _read_addresses(r: _Reader) -> tuple[IPv4Address, ...]:
             r.fail(key, f"{address} is listed twice", "each address once")
         result.append(address)
     return tuple(result)
+
+
+def _read_home_relays(
+    top: _Reader, addresses: tuple[IPv4Address, ...]
+) -> tuple[RelayPeerConfig, ...]:
+    """The optional [[relay]] tables: relays and their Foreign-Home associations."""
+    relays: list[RelayPeerConfig] = []
+    seen = _Unique("relay address")
+    spis = _Unique("SPI")
+    for r in top.array_of_tables("relay", _HOME_RELAY_KEYS, minimum=0):
+        address = r.ipv4("address", 'the relay\'s IPv4 address, such as "192.0.2.4"')
+        if address in addresses:
+            r.fail(
+                "address", f"{address} is one of home.addresses",
+                "the address of a relay (a foreign agent), not of the home agent",
+            )
+        seen.check(r, "address", address, str(address))
+        auth = _read_auth(r)
+        spis.check(r, "spi", auth.spi, f"SPI {auth.spi}")
+        relays.append(RelayPeerConfig(address=address, auth=auth))
+    return tuple(relays)
 
 
 def _read_manhole(top: _Reader, state_db: Path) -> ManholeConfig | None:
@@ -1360,12 +1540,13 @@ def load_home(path: str | os.PathLike[str]) -> HomeConfig:
             esp=esp, ike=node_ike,
         ))
     manhole = _read_manhole(top, state_db)
+    relays = _read_home_relays(top, addresses)
     return HomeConfig(
         path=ctx.path, addresses=addresses, listen=listen,
         home_network=home_network, port=port, replay_window=replay_window,
         max_lifetime=max_lifetime, state_db=state_db,
         mobile_nodes=tuple(nodes), manhole=manhole,
-        warnings=tuple(ctx.warnings), tunnel=tunnel, ike=home_ike,
+        warnings=tuple(ctx.warnings), tunnel=tunnel, ike=home_ike, relays=relays,
     )
 
 
@@ -1437,7 +1618,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
     climb_back_after = c.number(
         "climb_back_after", "seconds greater than 0", 30.0, above=0.0, at_most=86400.0
     )
-    transports = _read_transports(top)
+    transports = _read_transports(top, home_agent)
     tunnel = _read_client_tunnel(top)
     if tunnel is not None and not top.has("esp") and not top.has("ike"):
         top.fail("esp", "required section is missing ([tunnel] is configured)",
@@ -1471,9 +1652,11 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
 # Relay
 
 _RELAY_TOP = ("relay", "home_agent", "visitor")
-_RELAY_KEYS = ("listen", "port", "address", "max_lifetime", "pending_timeout")
+_RELAY_KEYS = (
+    "listen", "port", "address", "max_lifetime", "pending_timeout", "mode", "esp_port",
+)
 _RELAY_HA_KEYS = ("address",) + _AUTH_KEYS
-_VISITOR_KEYS = ("name",) + _AUTH_KEYS
+_VISITOR_KEYS = ("name", "home_address") + _AUTH_KEYS
 _VISITOR_EXPECTED = (
     "a name of 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-', "
     'or a network access identifier such as "laptop@example.org"'
@@ -1500,6 +1683,14 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         "pending_timeout", "a number of seconds greater than 0 and at most 3600",
         7.0, above=0.0, at_most=3600.0,
     )
+    mode = relay.choice("mode", RELAY_MODES, RELAY_MODES[0])
+    esp_port = relay.port("esp_port", 4500)
+    if esp_port == port:
+        relay.fail(
+            "esp_port", f"{esp_port} is also relay.port",
+            "the port where clients send ESP and IKE (default 4500), different from "
+            "the registration port",
+        )
 
     home_agents: list[tuple[IPv4Address, AuthKey]] = []
     ha_addresses = _Unique("home agent address")
@@ -1511,8 +1702,9 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         ha_spis.check(h, "spi", auth.spi, f"SPI {auth.spi}")
         home_agents.append((ha, auth))
 
-    visitors: list[tuple[str, AuthKey]] = []
+    visitors: list[VisitorConfig] = []
     v_names = _Unique("visitor name")
+    v_addresses = _Unique("visitor home address")
     v_spis = _Unique("SPI")
     for v in top.array_of_tables("visitor", _VISITOR_KEYS, minimum=0):
         vname = v.string("name", _VISITOR_EXPECTED)
@@ -1521,15 +1713,28 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         ):
             v.fail("name", f"{_show(vname)} is neither a name nor an NAI", _VISITOR_EXPECTED)
         v_names.check(v, "name", vname.lower(), repr(vname))
+        home_address = None
+        if v.has("home_address"):
+            home_address = v.ipv4(
+                "home_address", 'the client\'s home address, an IPv4 address such as "10.0.0.7"'
+            )
+            owner = "relay.address" if home_address == address else None
+            owner = ha_addresses.seen.get(home_address, owner)
+            if owner is not None:
+                v.fail(
+                    "home_address", f"{home_address} is also the address of {owner}",
+                    "the visiting client's own home address",
+                )
+            v_addresses.check(v, "home_address", home_address, str(home_address))
         auth = _read_auth(v)
         v_spis.check(v, "spi", auth.spi, f"SPI {auth.spi}")
-        visitors.append((vname, auth))
+        visitors.append(VisitorConfig(name=vname, home_address=home_address, auth=auth))
 
     return RelayConfig(
         path=ctx.path, listen=listen, port=port, address=address,
         home_agents=tuple(home_agents), visitors=tuple(visitors),
         max_lifetime=max_lifetime, pending_timeout=pending_timeout,
-        warnings=tuple(ctx.warnings),
+        warnings=tuple(ctx.warnings), mode=mode, esp_port=esp_port,
     )
 
 

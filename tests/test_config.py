@@ -18,6 +18,9 @@ from smobility.config import (
     HomeConfig,
     MuxConfig,
     RelayConfig,
+    RelayPeerConfig,
+    TransportConfig,
+    VisitorConfig,
     load_client,
     load_home,
     load_mux,
@@ -239,12 +242,31 @@ class ExampleTests(SynchronousTestCase):
         self.assertOnlyKnownWarnings(c.warnings)
 
     def test_relay(self) -> None:
-        """etc/relay.toml loads."""
+        """etc/relay.toml is the lab's relay, and etc/home.toml knows it."""
         c = load_relay(ETC / "relay.toml")
         self.assertIsInstance(c, RelayConfig)
-        self.assertEqual(c.port, 4434)
-        self.assertEqual(len(c.home_agents), 1)
+        self.assertEqual((c.listen, c.port, c.esp_port), ("0.0.0.0", 434, 4500))
+        self.assertEqual(c.address, IPv4Address("172.31.4.2"))
+        self.assertEqual(c.mode, "forward")
+        ((ha, faha),) = c.home_agents
+        self.assertEqual(ha, IPv4Address("172.31.0.2"))
+        (visitor,) = c.visitors
+        self.assertEqual(
+            (visitor.name, visitor.home_address, visitor.auth.spi),
+            ("laptop", IPv4Address("10.77.0.10"), 3000),
+        )
         self.assertOnlyKnownWarnings(c.warnings)
+        home = load_home(ETC / "home.toml")
+        self.assertIn(ha, home.addresses)
+        (relay,) = home.relays
+        self.assertEqual(relay, RelayPeerConfig(c.address, faha))
+        self.assertEqual(visitor.home_address, home.mobile_nodes[0].home_address)
+        # Three different keys: MN-HA, FA-HA and MN-FA.
+        keys = {home.mobile_nodes[0].auth.key, faha.key, visitor.auth.key}
+        self.assertEqual(len(keys), 3)
+        for warning in c.warnings + home.warnings:
+            for key in keys:
+                self.assertNotIn(key.hex(), warning)
 
     def test_mux(self) -> None:
         """etc/mux.toml loads, without TLS."""
@@ -1134,14 +1156,90 @@ class RelayTests(ConfigTestCase):
         )
         self.assertEqual(c.visitors, ())
         self.assertEqual((c.max_lifetime, c.pending_timeout), (600, 7.0))
+        self.assertEqual((c.mode, c.esp_port), ("forward", 4500))
         self.assertEqual(c.warnings, ())
 
     def test_visitors(self) -> None:
         c = self.load(
             RELAY + VISITOR + edit(VISITOR, ("laptop@home.example", "phone"), ("3000", "3001"))
         )
-        self.assertEqual([name for name, _ in c.visitors], ["laptop@home.example", "phone"])
-        self.assertEqual([a.spi for _, a in c.visitors], [3000, 3001])
+        self.assertEqual([v.name for v in c.visitors], ["laptop@home.example", "phone"])
+        self.assertEqual([v.auth.spi for v in c.visitors], [3000, 3001])
+        self.assertEqual([v.home_address for v in c.visitors], [None, None])
+        self.assertIsInstance(c.visitors[0], VisitorConfig)
+
+    def test_visitorHomeAddress(self) -> None:
+        """A visitor may be known by its home address; unique, not the relay's or a HA's."""
+        c = self.load(RELAY + VISITOR + 'home_address = "10.77.0.10"\n')
+        self.assertEqual(c.visitors[0].home_address, IPv4Address("10.77.0.10"))
+        self.fails(
+            RELAY + VISITOR + 'home_address = "laptop"\n',
+            "visitor[0].home_address",
+            "'laptop' is not an IPv4 address",
+            "the client's home address",
+        )
+        self.fails(
+            RELAY + VISITOR + "home_address = 10\n",
+            "visitor[0].home_address",
+            "must be a string, not an integer",
+        )
+        self.fails(
+            RELAY + VISITOR + 'home_address = "10.77.0.10"\n'
+            + edit(VISITOR, ("laptop@home.example", "phone"), ("3000", "3001"))
+            + 'home_address = "10.77.0.10"\n',
+            "visitor[1].home_address",
+            "10.77.0.10 is already used by visitor[0]",
+            "unique",
+        )
+        self.fails(
+            RELAY + VISITOR + 'home_address = "198.51.100.1"\n',
+            "visitor[0].home_address",
+            "198.51.100.1 is also the address of relay.address",
+        )
+        self.fails(
+            RELAY + VISITOR + 'home_address = "192.0.2.1"\n',
+            "visitor[0].home_address",
+            "192.0.2.1 is also the address of home_agent[0]",
+        )
+
+    def test_mode(self) -> None:
+        """mode: "forward" (default) or "terminate"."""
+        for mode in ("forward", "terminate"):
+            c = self.load(edit(RELAY, ("[relay]\n", f'[relay]\nmode = "{mode}"\n')))
+            self.assertEqual(c.mode, mode)
+        self.fails(
+            edit(RELAY, ("[relay]\n", '[relay]\nmode = "nat"\n')),
+            "relay.mode",
+            "'nat' is not a known choice",
+            '"forward", "terminate"',
+        )
+        self.fails(
+            edit(RELAY, ("[relay]\n", "[relay]\nmode = 1\n")),
+            "relay.mode",
+            "must be a string, not an integer",
+        )
+
+    def test_espPort(self) -> None:
+        """esp_port: where clients send ESP and IKE, not the registration port."""
+        c = self.load(edit(RELAY, ("[relay]\n", "[relay]\nesp_port = 14500\n")))
+        self.assertEqual(c.esp_port, 14500)
+        self.fails(
+            edit(RELAY, ("[relay]\n", "[relay]\nesp_port = 0\n")),
+            "relay.esp_port",
+            "0 is out of range",
+            "1 to 65535",
+        )
+        self.fails(
+            edit(RELAY, ("[relay]\n", '[relay]\nesp_port = "4500"\n')),
+            "relay.esp_port",
+            "must be an integer, not a string",
+        )
+        self.fails(
+            edit(RELAY, ("[relay]\n", "[relay]\nport = 4500\n")),
+            "relay.esp_port",
+            "4500 is also relay.port",
+            "different from the registration port",
+        )
 
     def test_missingHomeAgent(self) -> None:
         self.fails(
@@ -1195,7 +1293,7 @@ class RelayTests(ConfigTestCase):
             RELAY + VISITOR + "addr = '1.2.3.4'\n",
             "visitor[0].addr",
             "unknown key",
-            "algorithm, key, key_file, name, spi",
+            "algorithm, home_address, key, key_file, name, spi",
         )
 
     def test_visitorKeyMissing(self) -> None:
@@ -1429,3 +1527,456 @@ class IKETests(ConfigTestCase):
         c = load_client(self.write(CLIENT + CLIENT_TUNNEL + dn))
         assert c.ike is not None
         self.assertEqual(c.ike.home_agent_identity_kind, "dn")
+
+
+HOME_RELAY = """
+[[relay]]
+address = "198.51.100.1"
+spi = 2000
+key_file = "keys/node.key"
+"""
+
+
+class HomeRelayTests(ConfigTestCase):
+    """The home agent's optional [[relay]] tables (Foreign-Home associations)."""
+
+    def load(self, text: str) -> HomeConfig:
+        return load_home(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_home, text, key, *fragments)
+
+    def test_none(self) -> None:
+        """Without [[relay]] the home agent knows no relay."""
+        self.assertEqual(self.load(HOME).relays, ())
+
+    def test_relays(self) -> None:
+        """Each [[relay]]: its address and the FA-HA association."""
+        second = edit(HOME_RELAY, ("198.51.100.1", "198.51.100.2"), ("2000", "2001")) + (
+            'algorithm = "hmac-sha256"\n'
+        )
+        c = self.load(HOME + HOME_RELAY + second)
+        self.assertEqual(
+            c.relays,
+            (
+                RelayPeerConfig(IPv4Address("198.51.100.1"), AuthKey(2000, bytes.fromhex(KEY_HEX))),
+                RelayPeerConfig(
+                    IPv4Address("198.51.100.2"),
+                    AuthKey(2001, bytes.fromhex(KEY_HEX), "hmac-sha256"),
+                ),
+            ),
+        )
+        self.assertNotIn(KEY_HEX, repr(c.relays))
+
+    def test_inlineKeyWarns(self) -> None:
+        inline = edit(HOME_RELAY, ('key_file = "keys/node.key"', f'key = "{INLINE_HEX}"'))
+        c = self.load(HOME + inline)
+        (warning,) = c.warnings
+        self.assertIn("relay[0].key", warning)
+        self.assertClean(warning)
+
+    def test_badAddress(self) -> None:
+        self.fails(
+            HOME + HOME_RELAY.replace("198.51.100.1", "relay.example"),
+            "relay[0].address",
+            "'relay.example' is not an IPv4 address",
+            "the relay's IPv4 address",
+        )
+        self.fails(
+            HOME + HOME_RELAY.replace('address = "198.51.100.1"\n', ""),
+            "relay[0].address",
+            "required key is missing",
+        )
+
+    def test_addressOfTheHomeAgent(self) -> None:
+        self.fails(
+            HOME + HOME_RELAY.replace("198.51.100.1", "192.0.2.1"),
+            "relay[0].address",
+            "192.0.2.1 is one of home.addresses",
+            "not of the home agent",
+        )
+
+    def test_duplicates(self) -> None:
+        self.fails(
+            HOME + HOME_RELAY + HOME_RELAY.replace("2000", "2001"),
+            "relay[1].address",
+            "198.51.100.1 is already used by relay[0]",
+        )
+        self.fails(
+            HOME + HOME_RELAY + HOME_RELAY.replace("198.51.100.1", "198.51.100.2"),
+            "relay[1].spi",
+            "SPI 2000 is already used by relay[0]",
+        )
+
+    def test_keys(self) -> None:
+        """The association's keys are checked as everywhere else."""
+        self.fails(
+            HOME + HOME_RELAY.replace('key_file = "keys/node.key"\n', ""),
+            "relay[0].key",
+            "neither key nor key_file",
+        )
+        self.fails(
+            HOME + HOME_RELAY.replace("2000", "255"), "relay[0].spi", "255 is out of range"
+        )
+        self.fails(
+            HOME + HOME_RELAY + 'algorithm = "sha1"\n',
+            "relay[0].algorithm",
+            "the value is not a known choice",
+            '"hmac-md5", "hmac-sha256"',
+        )
+        self.fails(
+            HOME + HOME_RELAY + "port = 434\n",
+            "relay[0].port",
+            "unknown key",
+            "address, algorithm, key, key_file, spi",
+        )
+
+    def test_singleTable(self) -> None:
+        self.fails(
+            HOME + HOME_RELAY.replace("[[relay]]", "[relay]"),
+            "relay",
+            "is a single table written as [relay]",
+            "[[relay]]",
+        )
+
+
+RELAY_TRANSPORT = """
+[[transport]]
+kind = "relay"
+relay = "198.51.100.1"
+spi = 3000
+key_file = "keys/node.key"
+"""
+
+GATEWAY_TRANSPORT = """
+[[transport]]
+kind = "gateway"
+gateway = "198.51.100.5"
+inside_home_agent = "10.10.0.1"
+identity = "laptop.example"
+psk_file = "keys/psk"
+"""
+
+
+class TransportTests(ConfigTestCase):
+    """The client's [[transport]] tables of kind "relay" and "gateway"."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def load(self, text: str) -> ClientConfig:
+        return load_client(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_client, text, key, *fragments)
+
+    def transport(self, text: str) -> TransportConfig:
+        (t,) = self.load(CLIENT + text).transports
+        return t
+
+    def test_kinds(self) -> None:
+        """kind is one of four; a udp transport takes no other key."""
+        t = self.transport('\n[[transport]]\nkind = "udp"\nfallback_after = 2\n')
+        self.assertEqual((t.kind, t.fallback_after, t.label()), ("udp", 2.0, "udp"))
+        self.fails(
+            CLIENT + '\n[[transport]]\nkind = "vpn"\n',
+            "transport[0].kind",
+            "'vpn' is not a known choice",
+            '"udp", "http", "relay", "gateway"',
+        )
+        self.fails(
+            CLIENT + '\n[[transport]]\nkind = "udp"\nmux_host = "10.77.0.2"\n',
+            "transport[0].mux_host",
+            'only HTTP transports take this key (this one is kind = "udp")',
+            'kind = "http"',
+        )
+        self.fails(
+            CLIENT + '\n[[transport]]\nkind = "udp"\nrelay = "198.51.100.1"\n',
+            "transport[0].relay",
+            "only relay transports take this key",
+            'kind = "relay"',
+        )
+        self.fails(
+            CLIENT + '\n[[transport]]\nkind = "udp"\nport = 434\n',
+            "transport[0].port",
+            "only relay and gateway transports take this key",
+            'kind = "relay" or kind = "gateway"',
+        )
+        self.fails(
+            CLIENT + '\n[[transport]]\nrelay_host = "x"\n',
+            "transport[0].relay_host",
+            "unknown key",
+            "inside_home_agent",
+        )
+
+    # -- relay --------------------------------------------------------------------
+
+    def test_relayDefaults(self) -> None:
+        t = self.transport(RELAY_TRANSPORT)
+        self.assertEqual(t.kind, "relay")
+        self.assertEqual(t.label(), "relay")
+        self.assertEqual(t.relay, IPv4Address("198.51.100.1"))
+        self.assertEqual((t.port, t.esp_port, t.fallback_after), (434, 4500, 4.0))
+        self.assertEqual(t.auth, AuthKey(3000, bytes.fromhex(KEY_HEX)))
+        self.assertIsNone(t.gateway)
+        self.assertIsNone(t.ike)
+        self.assertNotIn(KEY_HEX, repr(t))
+        self.assertIn("198.51.100.1:434", repr(t))
+
+    def test_relayEveryKey(self) -> None:
+        t = self.transport(
+            RELAY_TRANSPORT
+            + 'port = 4434\nesp_port = 14500\nalgorithm = "hmac-sha256"\nfallback_after = 2.5\n'
+        )
+        self.assertEqual((t.port, t.esp_port, t.fallback_after), (4434, 14500, 2.5))
+        assert t.auth is not None
+        self.assertEqual(t.auth.algorithm, "hmac-sha256")
+
+    def test_relayInlineKey(self) -> None:
+        c = self.load(
+            CLIENT + edit(RELAY_TRANSPORT, ('key_file = "keys/node.key"', f'key = "{INLINE_HEX}"'))
+        )
+        (warning,) = c.warnings
+        self.assertIn("transport[0].key", warning)
+        self.assertClean(warning)
+        assert c.transports[0].auth is not None
+        self.assertEqual(c.transports[0].auth.key, bytes.fromhex(INLINE_HEX))
+
+    def test_relayErrors(self) -> None:
+        self.fails(
+            CLIENT + RELAY_TRANSPORT.replace('relay = "198.51.100.1"\n', ""),
+            "transport[0].relay",
+            "required key is missing",
+            "the relay's IPv4 address",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT.replace("198.51.100.1", "relay.example"),
+            "transport[0].relay",
+            "'relay.example' is not an IPv4 address",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT.replace("198.51.100.1", "192.0.2.1"),
+            "transport[0].relay",
+            "192.0.2.1 is also client.home_agent",
+            "different from the home agent's",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + "port = 0\n", "transport[0].port", "0 is out of range"
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + "esp_port = 65536\n",
+            "transport[0].esp_port",
+            "65536 is out of range",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + "esp_port = 434\n",
+            "transport[0].esp_port",
+            "434 is also transport[0].port",
+            "different from its registration port",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT.replace("spi = 3000\n", ""),
+            "transport[0].spi",
+            "required key is missing",
+            "256 to 4294967295",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT.replace('key_file = "keys/node.key"\n', ""),
+            "transport[0].key",
+            "neither key nor key_file is given",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + f'key = "{INLINE_HEX}"\n',
+            "transport[0].key",
+            "both key and key_file are given",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + 'algorithm = "md5"\n',
+            "transport[0].algorithm",
+            "is not a known choice",
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + 'identity = "laptop.example"\n',
+            "transport[0].identity",
+            'only gateway transports take this key (this one is kind = "relay")',
+            'kind = "gateway"',
+        )
+        self.fails(
+            CLIENT + RELAY_TRANSPORT + "tls = false\n",
+            "transport[0].tls",
+            "only HTTP transports take this key",
+        )
+
+    # -- gateway ------------------------------------------------------------------
+
+    def test_gatewayPSK(self) -> None:
+        t = self.transport(GATEWAY_TRANSPORT)
+        self.assertEqual((t.kind, t.label()), ("gateway", "gateway"))
+        self.assertEqual(t.gateway, IPv4Address("198.51.100.5"))
+        self.assertEqual((t.port, t.fallback_after), (4500, 4.0))
+        self.assertEqual(t.inside_home_agent, IPv4Address("10.10.0.1"))
+        self.assertIsNone(t.relay)
+        self.assertIsNone(t.auth)
+        assert t.ike is not None
+        self.assertEqual((t.ike.identity, t.ike.identity_kind), ("laptop.example", "fqdn"))
+        self.assertEqual((t.ike.auth, t.ike.psk), ("psk", b"a-long-enough-shared-secret"))
+        # The gateway's identity defaults to its address.
+        self.assertEqual(
+            (t.ike.home_agent_identity, t.ike.home_agent_identity_kind), ("198.51.100.5", "ipv4")
+        )
+        self.assertEqual(t.ike.params.proposals[0], "aes128gcm16-prfsha256-ecp256")
+        self.assertIsNone(t.ike.cert)
+        self.assertNotIn("secret", repr(t))
+
+    def test_gatewayEveryKey(self) -> None:
+        t = self.transport(
+            GATEWAY_TRANSPORT.replace('psk_file = "keys/psk"\n', "")
+            + 'port = 14500\nauth = "pubkey"\ngateway_identity = "CN=gw, O=Home"\n'
+            'cert = "laptop.pem"\nkey = "laptop.key"\nca_file = "ca.pem"\nfallback_after = 6\n'
+        )
+        assert t.ike is not None
+        self.assertEqual((t.port, t.fallback_after, t.ike.auth), (14500, 6.0, "pubkey"))
+        self.assertEqual(
+            (t.ike.home_agent_identity, t.ike.home_agent_identity_kind), ("CN=gw, O=Home", "dn")
+        )
+        self.assertEqual(
+            (t.ike.cert, t.ike.key, t.ike.ca_file),
+            (self.dir.absolute() / "laptop.pem", self.dir.absolute() / "laptop.key",
+             self.dir.absolute() / "ca.pem"),
+        )  # fmt: skip
+        self.assertEqual(t.ike.psk, b"")
+
+    def test_gatewayIdentities(self) -> None:
+        for identity, kind in (
+            ("laptop@home.example", "rfc822"),
+            ("192.0.2.77", "ipv4"),
+            ("CN=laptop", "dn"),
+        ):
+            t = self.transport(GATEWAY_TRANSPORT.replace("laptop.example", identity))
+            assert t.ike is not None
+            self.assertEqual(t.ike.identity_kind, kind)
+        t = self.transport(GATEWAY_TRANSPORT + 'gateway_identity = "gw.home.example"\n')
+        assert t.ike is not None
+        self.assertEqual(t.ike.home_agent_identity, "gw.home.example")
+
+    def test_gatewayWarnings(self) -> None:
+        """Keys of the other authentication method are ignored with a warning."""
+        c = self.load(CLIENT + GATEWAY_TRANSPORT + 'cert = "c.pem"\n')
+        (warning,) = c.warnings
+        self.assertIn("transport[0].cert", warning)
+        self.assertIn('ignored because auth is "psk"', warning)
+        c = self.load(
+            CLIENT + GATEWAY_TRANSPORT
+            + 'auth = "pubkey"\ncert = "c.pem"\nkey = "k.pem"\nca_file = "ca.pem"\n'
+        )  # fmt: skip
+        (warning,) = c.warnings
+        self.assertIn("transport[0].psk", warning)
+        assert c.transports[0].ike is not None
+        self.assertEqual(c.transports[0].ike.psk, b"")
+
+    def test_gatewayErrors(self) -> None:
+        for line, key in (
+            ('gateway = "198.51.100.5"\n', "gateway"),
+            ('inside_home_agent = "10.10.0.1"\n', "inside_home_agent"),
+            ('identity = "laptop.example"\n', "identity"),
+        ):
+            self.fails(
+                CLIENT + GATEWAY_TRANSPORT.replace(line, ""),
+                f"transport[0].{key}",
+                "required key is missing",
+            )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace('"198.51.100.5"', '"gw.example"'),
+            "transport[0].gateway",
+            "'gw.example' is not an IPv4 address",
+            "the VPN gateway's IPv4 address",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace('"10.10.0.1"', '"home"'),
+            "transport[0].inside_home_agent",
+            "'home' is not an IPv4 address",
+            "inside the home network",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace('"10.10.0.1"', '"198.51.100.5"'),
+            "transport[0].inside_home_agent",
+            "198.51.100.5 is also transport[0].gateway",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + "port = 70000\n",
+            "transport[0].port",
+            "70000 is out of range",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace("laptop.example", "not an id!"),
+            "transport[0].identity",
+            "'not an id!' is not a valid identity",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + 'gateway_identity = "CN="\n',
+            "transport[0].gateway_identity",
+            "is not a valid distinguished name",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + 'auth = "eap"\n',
+            "transport[0].auth",
+            "'eap' is not a known choice",
+            '"psk", "pubkey"',
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace('psk_file = "keys/psk"\n', ""),
+            "transport[0].psk",
+            'neither psk nor psk_file is given (auth is "psk")',
+        )
+        self.writeKey("short", "tiny\n")
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace("keys/psk", "keys/short"),
+            "transport[0].psk",
+            "the secret is 4 characters long",
+            "at least 16 characters",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT.replace("keys/psk", "keys/none"),
+            "transport[0].psk_file",
+            "cannot read",
+        )
+        pubkey = GATEWAY_TRANSPORT.replace('psk_file = "keys/psk"\n', 'auth = "pubkey"\n')
+        self.fails(
+            CLIENT + pubkey + 'key = "k.pem"\nca_file = "ca.pem"\n',
+            "transport[0].cert",
+            'required key is missing (auth is "pubkey")',
+            "a PEM file path",
+        )
+        self.fails(
+            CLIENT + pubkey + 'cert = "c.pem"\nca_file = "ca.pem"\n',
+            "transport[0].key",
+            'required key is missing (auth is "pubkey")',
+        )
+        self.fails(
+            CLIENT + pubkey + 'cert = "c.pem"\nkey = "k.pem"\n',
+            "transport[0].ca_file",
+            'required key is missing (auth is "pubkey")',
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + "spi = 3000\n",
+            "transport[0].spi",
+            'only relay transports take this key (this one is kind = "gateway")',
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + "esp_port = 4500\n",
+            "transport[0].esp_port",
+            "only relay transports take this key",
+        )
+        self.fails(
+            CLIENT + GATEWAY_TRANSPORT + 'token = "aa"\n',
+            "transport[0].token",
+            "only HTTP transports take this key",
+        )
+
+    def test_order(self) -> None:
+        """Every kind together, in the order given."""
+        c = self.load(
+            CLIENT + '\n[[transport]]\nkind = "udp"\n' + RELAY_TRANSPORT + GATEWAY_TRANSPORT
+        )
+        self.assertEqual([t.label() for t in c.transports], ["udp", "relay", "gateway"])

@@ -7,7 +7,8 @@ otherwise, and fails instead under ``CI=true``.
 Each test makes two namespaces ``smobt<hex>a`` (ours) and ``smobt<hex>b``
 (strongSwan) joined by a veth pair, starts one charon in B with its own
 ``/run`` (a bind mount in the mount namespace ``ip netns exec`` creates) and
-its own vici socket, and runs our IKE engine in A: this module run as a
+its own vici socket (:class:`smobility.lab.strongswan.Charon`, here with its
+key dumps on), and runs our IKE engine in A: this module run as a
 script (``python -m tests.test_ike_strongswan DRIVER-ARGS``) drives
 :class:`~smobility.engines.ike.IKEEngine` over real UDP sockets on ports 500
 and 4500 and the ESP data path through
@@ -42,12 +43,10 @@ import os
 import re
 import secrets
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -55,10 +54,17 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from smobility.lab import strongswan as swan
+from smobility.lab.strongswan import (
+    CHARON,
+    ike_sas,
+    install_credentials,
+    installed_children,
+    pubkey_auth,
+)
 from tests.util import find_tool, require_root, require_tool, skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
-CHARON = "/usr/lib/ipsec/charon"
 PSK = "smobility interop shared key 0123"
 ADDR_A = "10.231.0.1"  # our engine
 ADDR_B = "10.231.0.2"  # strongSwan
@@ -66,11 +72,6 @@ VIP = "10.99.0.10"  # the initiator's inner address (CP)
 INNER_B = "10.98.0.1"  # an inner address on strongSwan's side
 ID_OURS = "client.smob.test"
 ID_SWAN = "ha.smob.test"
-
-LOAD = (
-    "random nonce openssl aes sha1 sha2 hmac gcm curve25519 gmp pem pkcs1 pkcs8 x509 pubkey "
-    "constraints revocation kdf kernel-libipsec kernel-netlink socket-default vici updown"
-)
 
 KEY_NAMES = ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
 
@@ -138,293 +139,34 @@ class Namespaces:
 # ---------------------------------------------------------------------------
 
 
-def strongswan_conf(directory: Path, socket_dir: Path) -> str:
-    """A strongswan.conf for one charon: its plugins, vici socket and key-dumping log.
-
-    The socket lives in ``socket_dir``: a unix socket path holds at most 108
-    bytes, less than trial's temporary directories can take.
-    """
-    return f"""
-charon {{
-    load_modular = no
-    load = {LOAD}
-    install_virtual_ip = yes
-    retransmit_timeout = 1.0
-    retransmit_tries = 3
-    plugins {{
-        vici {{
-            socket = unix://{socket_dir}/vici
-        }}
-    }}
-    filelog {{
-        smob {{
-            path = {directory}/charon.log
-            time_format = %T
-            default = 1
-            ike = 4
-            cfg = 2
-            enc = 1
-            knl = 2
-            chd = 4
-            flush_line = yes
-        }}
-    }}
-    syslog {{
-        daemon {{
-            default = -1
-        }}
-    }}
-}}
-"""
-
-
 def swanctl_responder(ike: str, esp: str = "aes128gcm16,aes256gcm16") -> str:
     """swanctl.conf of strongSwan as the responder, handing out VIP by CP.
 
     ``esp``: its ESP proposals (a DH group in them means PFS on rekeys).
     """
-    return f"""
-connections {{
-    ha {{
-        version = 2
-        local_addrs = {ADDR_B}
-        proposals = {ike}
-        encap = yes
-        mobike = no
-        rekey_time = 0
-        reauth_time = 0
-        dpd_delay = 0
-        pools = vpool
-        local {{
-            auth = psk
-            id = {ID_SWAN}
-        }}
-        remote {{
-            auth = psk
-            id = {ID_OURS}
-        }}
-        children {{
-            net {{
-                mode = tunnel
-                local_ts = {INNER_B}/32
-                esp_proposals = {esp}
-                rekey_time = 0
-            }}
-        }}
-    }}
-}}
-pools {{
-    vpool {{
-        addrs = {VIP}/32
-    }}
-}}
-secrets {{
-    ike-smob {{
-        id-a = {ID_SWAN}
-        id-b = {ID_OURS}
-        secret = "{PSK}"
-    }}
-}}
-"""
+    return swan.swanctl_responder(
+        ike=ike, esp=esp, local_addr=ADDR_B, local_id=ID_SWAN, remote_id=ID_OURS, psk=PSK,
+        local_ts=f"{INNER_B}/32", pool=f"{VIP}/32",
+    )  # fmt: skip
 
 
 def swanctl_initiator(ike: str, esp: str, secret: str = PSK, child_rekey: str = "0") -> str:
-    """swanctl.conf of strongSwan as the initiator towards our responder.
-
-    ``child_rekey``: the CHILD_SA's ``rekey_time`` (``0``: never); its
-    ``life_time`` is then well beyond (by default only 10 % more, which
-    rounds to the same second for short times and expires the SA instead).
-    """
-    return f"""
-connections {{
-    home {{
-        version = 2
-        local_addrs = {ADDR_B}
-        remote_addrs = {ADDR_A}
-        proposals = {ike}
-        encap = yes
-        mobike = no
-        rekey_time = 0
-        reauth_time = 0
-        dpd_delay = 0
-        local {{
-            auth = psk
-            id = {ID_SWAN}
-        }}
-        remote {{
-            auth = psk
-            id = {ID_OURS}
-        }}
-        children {{
-            net {{
-                mode = tunnel
-                local_ts = {VIP}/32
-                remote_ts = {INNER_B}/32
-                esp_proposals = {esp}
-                rekey_time = {child_rekey}
-                life_time = {"0" if child_rekey == "0" else "60s"}
-                rand_time = {"0" if child_rekey == "0" else "1s"}
-            }}
-        }}
-    }}
-}}
-secrets {{
-    ike-smob {{
-        id-a = {ID_SWAN}
-        id-b = {ID_OURS}
-        secret = "{secret}"
-    }}
-}}
-"""
+    """swanctl.conf of strongSwan as the initiator towards our responder."""
+    return swan.swanctl_initiator(
+        ike=ike, esp=esp, local_addr=ADDR_B, remote_addr=ADDR_A, local_id=ID_SWAN,
+        remote_id=ID_OURS, psk=secret, local_ts=f"{VIP}/32", remote_ts=f"{INNER_B}/32",
+        child_rekey=child_rekey,
+    )  # fmt: skip
 
 
 def make_pki(directory: Path, kind: str) -> dict[str, Path]:
-    """A CA and certificates for both identities, made by strongSwan's ``pki``.
-
-    ``kind`` is ``ecdsa`` (P-256) or ``rsa`` (2048 bits).  Returns the PEM
-    paths: ``ca``, and ``<name>.crt`` / ``<name>.key`` for ``ha`` and ``client``.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    size = "256" if kind == "ecdsa" else "2048"
-    paths: dict[str, Path] = {}
-
-    def pki(*args: str) -> bytes:
-        r = subprocess.run(["pki", *args], capture_output=True, timeout=60, check=False)
-        if r.returncode != 0:
-            raise AssertionError(f"pki {' '.join(args)}: {r.stderr.decode(errors='replace')}")
-        return r.stdout
-
-    ca_key, ca = directory / "ca.key", directory / "ca.crt"
-    ca_key.write_bytes(pki("--gen", "--type", kind, "--size", size, "--outform", "pem"))
-    ca.write_bytes(
-        pki("--self", "--ca", "--lifetime", "30", "--in", str(ca_key), "--type", kind,
-            "--dn", "C=CH, O=smobility, CN=smobility test CA", "--outform", "pem")
-    )
-    paths["ca"] = ca
-    for name, ident in (("ha", ID_SWAN), ("client", ID_OURS)):
-        key, crt = directory / f"{name}.key", directory / f"{name}.crt"
-        key.write_bytes(pki("--gen", "--type", kind, "--size", size, "--outform", "pem"))
-        crt.write_bytes(
-            pki("--issue", "--cacert", str(ca), "--cakey", str(ca_key), "--type", "priv",
-                "--in", str(key), "--dn", f"C=CH, O=smobility, CN={ident}", "--san", ident,
-                "--flag", "serverAuth", "--flag", "clientAuth", "--lifetime", "30",
-                "--outform", "pem")
-        )
-        paths[f"{name}.key"], paths[f"{name}.crt"] = key, crt
-    return paths
+    """A CA and certificates for ``ha`` (strongSwan) and ``client`` (us), by strongSwan's pki."""
+    return swan.make_pki(directory, kind, {"ha": ID_SWAN, "client": ID_OURS})
 
 
-def install_credentials(swan_dir: Path, pki: dict[str, Path], name: str, kind: str) -> None:
-    """Copy the CA, ``name``'s certificate and key into a charon's swanctl directory."""
-    base = swan_dir / "swanctl"
-    for sub in ("x509ca", "x509", kind):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "x509ca" / "ca.crt").write_bytes(pki["ca"].read_bytes())
-    (base / "x509" / f"{name}.crt").write_bytes(pki[f"{name}.crt"].read_bytes())
-    (base / kind / f"{name}.key").write_bytes(pki[f"{name}.key"].read_bytes())
-
-
-def pubkey_auth(conf: str, local_cert: str) -> str:
-    """Turn a shared-key swanctl.conf into a certificate one."""
-    conf = conf.replace(
-        "        local {\n            auth = psk\n",
-        f"        local {{\n            auth = pubkey\n            certs = {local_cert}\n",
-    )
-    return conf.replace("auth = psk", "auth = pubkey")
-
-
-class Charon:
-    """One charon in a namespace, with its own directory, /run, vici socket and log."""
-
-    def __init__(self, ns: str, directory: Path, swanctl_conf: str) -> None:
-        self.ns = ns
-        self.dir = directory
-        self.swanctl_conf = swanctl_conf
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="smobt", dir="/tmp"))
-        self.uri = f"unix://{self.socket_dir}/vici"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = directory / "charon.log"
-
-    def env(self) -> dict[str, str]:
-        """The environment for charon and swanctl."""
-        e = dict(os.environ)
-        e["STRONGSWAN_CONF"] = str(self.dir / "strongswan.conf")
-        e["SWANCTL_DIR"] = str(self.dir / "swanctl")
-        return e
-
-    def start(self, timeout: float = 20.0) -> None:
-        """Start charon, wait for its vici socket, load the configuration."""
-        (self.dir / "run").mkdir(parents=True, exist_ok=True)
-        swanctl_dir = self.dir / "swanctl"
-        for sub in ("", "x509", "x509ca", "private", "rsa", "ecdsa", "pkcs8", "conf.d"):
-            (swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.dir / "strongswan.conf").write_text(strongswan_conf(self.dir, self.socket_dir))
-        (swanctl_dir / "swanctl.conf").write_text(self.swanctl_conf)
-        stdout = open(self.dir / "charon.stdout", "wb")  # noqa: SIM115 - owned by the process
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    "ip", "netns", "exec", self.ns, "sh", "-c",
-                    f"mount --bind {self.dir}/run /run && exec {CHARON}",
-                ],
-                stdout=stdout,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env(),
-            )
-        finally:
-            stdout.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"charon exited ({self.proc.returncode}):\n{self.text()}")
-            r = self.swanctl("--stats", check=False, timeout=5)
-            if r.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"charon's vici socket did not answer:\n{self.text()}")
-            time.sleep(0.1)
-        self.swanctl("--load-all", "--noprompt")
-
-    def swanctl(
-        self, *args: str, check: bool = True, timeout: float = 20
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``swanctl ARGS --uri <ours>`` (the socket is a file: no namespace needed)."""
-        return _run(["swanctl", *args, "--uri", self.uri], check=check, timeout=timeout,
-                    env=self.env())
-
-    def text(self) -> str:
-        """charon's log so far (and what it printed)."""
-        parts = []
-        for p in (self.dir / "charon.stdout", self.log_path):
-            if p.exists():
-                parts.append(p.read_text(errors="replace"))
-        return "\n".join(parts)
-
-    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """Wait until ``pattern`` appears in charon's log."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            m = re.search(pattern, text)
-            if m is not None:
-                return m
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in charon's log within {timeout} s")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        """SIGTERM charon by its PID; SIGKILL if it hangs; remove the socket directory."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+def dumping_charon(ns: str, directory: Path, conf: str) -> swan.Charon:
+    """A charon that dumps its keys (``ike = 4``, ``chd = 4``): these tests compare them."""
+    return swan.Charon(ns, directory, conf, key_dump=True)
 
 
 _HEXLINE = re.compile(r"^\S+ \d+\[\w+\]\s+\d+: ((?:[0-9A-F]{2} ?){1,16})")
@@ -475,39 +217,6 @@ def strongswan_child_keys(log: str) -> list[tuple[str, str]]:
             j += 1
         found[m.group(1)].append(data)
     return list(zip(found["initiator"], found["responder"], strict=False))
-
-
-_CHILD_HEAD = re.compile(r"^\s+\S+: #\d+, reqid \d+, (\w+),")
-_CHILD_SPI = re.compile(r"^\s+(in|out)\s+([0-9a-f]{8})[,_ ]")
-_IKE_HEAD = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r")
-
-
-def installed_children(listing: str) -> list[tuple[str, str]]:
-    """(in, out) SPIs, as strongSwan sees them, of each INSTALLED CHILD_SA in ``--list-sas``."""
-    out: list[tuple[str, str]] = []
-    state, spi_in = "", ""
-    for line in listing.splitlines():
-        head = _CHILD_HEAD.match(line)
-        if head is not None:
-            state = head.group(1)
-            continue
-        spi = _CHILD_SPI.match(line)
-        if spi is None or state != "INSTALLED":
-            continue
-        if spi.group(1) == "in":
-            spi_in = spi.group(2)
-        else:
-            out.append((spi_in, spi.group(2)))
-    return out
-
-
-def ike_sas(listing: str) -> list[tuple[str, str, str]]:
-    """(state, SPIi, SPIr) of each IKE SA in ``--list-sas``."""
-    return [
-        (m.group(1), m.group(2), m.group(3))
-        for m in map(_IKE_HEAD.match, listing.splitlines())
-        if m is not None
-    ]
 
 
 # tshark's names for our IKE algorithms (its ikev2_decryption_table UAT).
@@ -986,7 +695,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
         self.addCleanup(self.ns.destroy)
         self.ns.create()
 
-    def start_charon(self, conf: str, *, inner_b: bool = True) -> Charon:
+    def start_charon(self, conf: str, *, inner_b: bool = True) -> swan.Charon:
         """charon in namespace B with this swanctl.conf.
 
         ``inner_b``: B owns the inner address ``INNER_B`` (strongSwan as the
@@ -995,7 +704,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
         if inner_b:
             self.ns.ip(self.ns.b, "addr", "replace", f"{INNER_B}/32", "dev", "lo")
         self.charons += 1
-        charon = Charon(self.ns.b, self.dir / f"swan{self.charons}", conf)
+        charon = dumping_charon(self.ns.b, self.dir / f"swan{self.charons}", conf)
         self.addCleanup(charon.stop)
         try:
             charon.start()
@@ -1034,7 +743,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
         result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
         return result
 
-    def assert_keys_match(self, ours: dict[str, str], charon: Charon) -> None:
+    def assert_keys_match(self, ours: dict[str, str], charon: swan.Charon) -> None:
         """Our IKE SA keys are one of the key sets charon dumped (all seven equal).
 
         Waits a little for the dump: when strongSwan initiated a rekey, it
@@ -1054,7 +763,9 @@ class StrongSwanInteropTests(SynchronousTestCase):
         for name in KEY_NAMES:
             self.assertEqual(match[0].get(name, ""), ours[name], name)
 
-    def assert_child_keys_match(self, child: dict[str, Any], charon: Charon, ours: str) -> None:
+    def assert_child_keys_match(
+        self, child: dict[str, Any], charon: swan.Charon, ours: str
+    ) -> None:
         """Our CHILD_SA key material is a pair charon dumped; ``ours`` is our role."""
         pairs = strongswan_child_keys(charon.log_path.read_text(errors="replace"))
         if ours == "initiator":
@@ -1129,7 +840,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
             self.charons += 1
             swan_dir = self.dir / f"swan{self.charons}"
             install_credentials(swan_dir, pki, "ha", kind)
-            charon = Charon(self.ns.b, swan_dir, conf)
+            charon = dumping_charon(self.ns.b, swan_dir, conf)
             self.addCleanup(charon.stop)
             self.ns.ip(self.ns.b, "addr", "replace", f"{INNER_B}/32", "dev", "lo")
             charon.start()
@@ -1249,7 +960,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
             self.charons += 1
             swan_dir = self.dir / f"swan{self.charons}"
             install_credentials(swan_dir, pki, "ha", kind)
-            charon = Charon(self.ns.b, swan_dir, conf)
+            charon = dumping_charon(self.ns.b, swan_dir, conf)
             self.addCleanup(charon.stop)
             charon.start()
             self.ns.ip(self.ns.b, "addr", "replace", f"{VIP}/32", "dev", "lo")
@@ -1307,7 +1018,7 @@ class StrongSwanInteropTests(SynchronousTestCase):
         return result
 
     def wait_swan(
-        self, charon: Charon, check: Any, what: str, timeout: float = 10.0
+        self, charon: swan.Charon, check: Any, what: str, timeout: float = 10.0
     ) -> str:
         """Poll ``swanctl --list-sas`` until ``check(listing)`` holds."""
         deadline = time.monotonic() + timeout
@@ -1319,13 +1030,13 @@ class StrongSwanInteropTests(SynchronousTestCase):
                 raise AssertionError(f"strongSwan never showed {what}:\n{listing}")
             time.sleep(0.1)
 
-    def wait_child_installed(self, charon: Charon, child: dict[str, Any]) -> None:
+    def wait_child_installed(self, charon: swan.Charon, child: dict[str, Any]) -> None:
         """strongSwan's only INSTALLED CHILD_SA is this one (its in SPI is our out SPI)."""
         pair = (f"{child['out_spi']:08x}", f"{child['in_spi']:08x}")
         self.wait_swan(charon, lambda text: installed_children(text) == [pair],
                        f"the CHILD_SA {pair} alone")
 
-    def wait_ike_established(self, charon: Charon, spi_i: str, spi_r: str) -> None:
+    def wait_ike_established(self, charon: swan.Charon, spi_i: str, spi_r: str) -> None:
         """strongSwan's only ESTABLISHED IKE SA is this one."""
         self.wait_swan(
             charon,

@@ -29,13 +29,13 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from smobility.lab.strongswan import CHARON
 from tests.test_ike_roaming import HOA, Pair, _binding
 from tests.util import find_tool, require_root, require_tool, skip_or_fail
 
 HA = "172.31.0.2"
 CN = "10.77.0.100"
 IDENTITY = "laptop@home.example"
-CHARON = "/usr/lib/ipsec/charon"
 
 
 class _Recorder:
@@ -277,7 +277,7 @@ class StockStrongSwanClientTests(SynchronousTestCase):
     def test_stock_client_gets_home_address_and_reaches_cn(self) -> None:
         from smobility.demo.roam import NETS, Demo
         from smobility.lab import Lab
-        from tests.test_ike_strongswan import Charon
+        from smobility.lab.strongswan import Charon
 
         started = time.monotonic()
         suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(4))

@@ -65,7 +65,9 @@ class TopologyTests(SynchronousTestCase):
         for link in TOPOLOGY.links:
             self.assertLessEqual(len(link.ifname), 15)
             self.assertLessEqual(len(link.peer_ifname), 15)
-        self.assertEqual(TOPOLOGY.all_bridges(), ("br-home", "br-v1", "br-v2", "br-v3"))
+        self.assertEqual(
+            TOPOLOGY.all_bridges(), ("br-home", "br-v1", "br-v2", "br-v3", "br-v4", "br-v5")
+        )
 
     def test_addresses(self) -> None:
         """The constants the demo and the tests rely on."""
@@ -74,16 +76,52 @@ class TopologyTests(SynchronousTestCase):
         self.assertEqual(Lab.CN, "10.77.0.100")
         self.assertEqual(Lab.HOA, "10.77.0.10")
         self.assertIn(IPv4Address(Lab.HOA), IPv4Network(Lab.HOME_NET))
-        self.assertEqual(Lab.NETWORKS, ("home", "v1", "v2", "v3"))
+        self.assertEqual(Lab.NETWORKS, ("home", "v1", "v2", "v3", "v4", "v5"))
         home = TOPOLOGY.network("home")
         self.assertEqual([(r.mac, r.address) for r in home.reservations], [(Lab.MN_MAC, Lab.HOA)])
-        # V1 is routed from the internet, V2 is not (it is behind NAT).
-        routed = {r.destination for r in TOPOLOGY.routes if r.role == "inet"}
-        self.assertEqual(routed, {Lab.V1_NET})
+        # V1 and the home LAN are routed from the internet (the home LAN is
+        # kept out by the perimeter firewall); V2-V5 are not (behind NAT).
+        routed = {(r.destination, r.via) for r in TOPOLOGY.routes if r.role == "inet"}
+        self.assertEqual(routed, {(Lab.V1_NET, Lab.V1_PUBLIC), (Lab.HOME_NET, Lab.HA_PUBLIC)})
         self.assertEqual(
             [(m.role, m.source) for m in TOPOLOGY.masquerades],
-            [("v2", Lab.V2_NET), ("v3", Lab.V3_NET)],
+            [("v2", Lab.V2_NET), ("v3", Lab.V3_NET), ("v4", Lab.V4_NET), ("v5", Lab.V5_NET)],
         )
+
+    def test_relay_and_gateway(self) -> None:
+        """The relay host, the VPN gateway and visited networks 4 and 5."""
+        self.assertEqual((Lab.RELAY_PUBLIC, Lab.INET_RL), ("172.31.4.2", "172.31.4.1"))
+        self.assertEqual((Lab.GW_PUBLIC, Lab.INET_GW), ("172.31.5.2", "172.31.5.1"))
+        self.assertEqual((Lab.GW_LAN, Lab.VPN_POOL), ("10.77.0.3", "10.78.0.0/24"))
+        self.assertIn(IPv4Address(Lab.GW_LAN), IPv4Network(Lab.HOME_NET))
+        self.assertEqual((Lab.V4_PUBLIC, Lab.V4_LAN), ("172.31.6.2", "192.168.104.1"))
+        self.assertEqual((Lab.V5_PUBLIC, Lab.V5_LAN), ("172.31.7.2", "192.168.105.1"))
+        for role in ("rl", "gw", "v4", "v5"):
+            self.assertIn(role, TOPOLOGY.roles)
+        self.assertLessEqual({"gw", "v4", "v5"}, TOPOLOGY.forwarding)
+        self.assertNotIn("rl", TOPOLOGY.forwarding)
+        routes = {(r.role, r.destination): r.via for r in TOPOLOGY.routes}
+        self.assertEqual(routes[("ha", Lab.VPN_POOL)], Lab.GW_LAN)
+        self.assertEqual(routes[("rl", "default")], Lab.INET_RL)
+        self.assertEqual(routes[("gw", "default")], Lab.INET_GW)
+        gw_links = {(link.ifname, link.address, link.bridge)
+                    for link in TOPOLOGY.links if link.role == "gw"}  # fmt: skip
+        self.assertEqual(
+            gw_links, {("lan0", "10.77.0.3/24", "br-home"), ("wan0", "172.31.5.2/24", None)}
+        )
+        v4, v5 = TOPOLOGY.network("v4"), TOPOLOGY.network("v5")
+        self.assertEqual((v4.dhcp_first, v4.dhcp_last), ("192.168.104.100", "192.168.104.199"))
+        self.assertEqual((v5.dhcp_first, v5.dhcp_last), ("192.168.105.100", "192.168.105.199"))
+        walls = {f.role: f.chains for f in TOPOLOGY.firewalls}
+        self.assertIn(f"ip saddr {Lab.RELAY_PUBLIC} ip daddr {Lab.HA_PUBLIC} ip protocol 4 "
+                      "accept", walls["ha"])  # fmt: skip
+        # The relay's rules come before the SOCKS5 forwarding rule.
+        forward = walls["ha"][walls["ha"].index("chain forward") :]
+        self.assertLess(forward.index(f"ip saddr {Lab.RELAY_PUBLIC} drop"),
+                        forward.index(f"dport {Lab.SOCKS_PORT} accept"))  # fmt: skip
+        self.assertIn(Lab.HA_PUBLIC, walls["v4"])
+        self.assertIn(f"ip daddr {Lab.GW_PUBLIC} udp dport {{ 500, 4500 }} accept", walls["v5"])
+        self.assertIn("policy drop", walls["v5"])
 
     def test_bad_topology(self) -> None:
         """A too long interface name is refused before anything is built."""
@@ -128,6 +166,13 @@ class CommandLineTests(SynchronousTestCase):
         with redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as cm:
             main(["move", "v9"])
         self.assertEqual(cm.exception.code, 2)
+
+    def test_new_networks(self) -> None:
+        """move takes the networks added for the relay and gateway paths."""
+        from smobility.lab.__main__ import _parser
+
+        for net in ("v4", "v5"):
+            self.assertEqual(_parser().parse_args(["move", net]).net, net)
 
     def test_prefix_anywhere(self) -> None:
         """--prefix works before and after the command; a bad one is an error."""
@@ -188,7 +233,15 @@ class LiveLabTests(SynchronousTestCase):
         procs = self.lab.processes()
         self.assertEqual(
             sorted(p.name for p in procs),
-            ["dnsmasq-home", "dnsmasq-v1", "dnsmasq-v2", "dnsmasq-v3", "udhcpc"],
+            [
+                "dnsmasq-home",
+                "dnsmasq-v1",
+                "dnsmasq-v2",
+                "dnsmasq-v3",
+                "dnsmasq-v4",
+                "dnsmasq-v5",
+                "udhcpc",
+            ],
         )
         self.assertTrue(all(p.running for p in procs), procs)
         for pid in first.values():
@@ -197,7 +250,7 @@ class LiveLabTests(SynchronousTestCase):
         self.assertIsNone(self.lab.attached())
         self.assertIsNone(self.lab.uplink_address())
         # Every DHCP server listens once up() returns.
-        for role in ("ha", "v1", "v2", "v3"):
+        for role in ("ha", "v1", "v2", "v3", "v4", "v5"):
             out = self.lab.exec(role, "ss", "-H", "-uln", "sport = :67").stdout
             self.assertIn(":67", out)
 
@@ -264,15 +317,19 @@ class LiveLabTests(SynchronousTestCase):
         ok = self.lab.exec("proxy", sys.executable, "-c", probe, Lab.HA_PUBLIC,
                            str(Lab.SOCKS_PORT)).stdout  # fmt: skip
         self.assertIn("open", ok)
-        # Give the internet a route into the home LAN: the firewall, not the
+        # The internet has a route into the home LAN: the firewall, not the
         # routing, must be what stops everything but the SOCKS5 port.
-        self.lab.exec("inet", "ip", "route", "add", Lab.HOME_NET, "via", Lab.HA_PUBLIC)
+        route = self.lab.exec("inet", "ip", "-4", "-j", "route", "get", Lab.MUX).stdout
+        self.assertEqual(json.loads(route)[0].get("gateway"), Lab.HA_PUBLIC)
         blocked = self.lab.exec("inet", sys.executable, "-c", probe, Lab.MUX, "8080").stdout
         self.assertIn("closed", blocked)
         allowed = self.lab.exec("inet", sys.executable, "-c", probe, Lab.MUX,
                                 str(Lab.SOCKS_PORT)).stdout  # fmt: skip
         self.assertIn("open", allowed)
         self.assertFalse(self.lab.ping("inet", Lab.CN))
+        # Nor is the home agent's own LAN address reachable from outside.
+        self.assertFalse(self.lab.ping("inet", Lab.HA_LAN))
+        self.assertTrue(self.lab.ping("inet", Lab.HA_PUBLIC))
 
     def test_move_home(self) -> None:
         """At home the mobile node gets its reserved address and reaches cn on the LAN."""
@@ -326,9 +383,10 @@ class LiveLabTests(SynchronousTestCase):
         self.lab.move("v2")
         self.lab.wait_address("v2")
         pids = [p.pid for p in self.lab.processes()]
-        self.assertEqual(len(pids), 5)
-        tables = self.lab.exec("v2", "nft", "list", "tables").stdout
-        self.assertIn(f"table ip {self.prefix}", tables)
+        self.assertEqual(len(pids), 7)
+        for role in ("v2", "v4", "v5", "ha", "gw"):
+            tables = self.lab.exec(role, "nft", "list", "tables").stdout
+            self.assertIn(f"table ip {self.prefix}", tables)
         workdir = self.lab.workdir
 
         Lab(self.prefix).down()

@@ -46,7 +46,7 @@ class MobileNodeProtocol(DatagramProtocol):
     def __init__(self, home_agent: tuple[str, int]) -> None:
         self.home_agent = home_agent
         self.engine: MobileNode | None = None
-        self.on_receive: Callable[[], None] | None = None
+        self.on_receive: Callable[[tuple[str, int]], None] | None = None
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the home agent (dropped if not listening yet)."""
@@ -58,11 +58,20 @@ class MobileNodeProtocol(DatagramProtocol):
             # No route while the link changes: the retransmission timer retries.
             self.log.warn("cannot send to {ha}: {err}", ha=self.home_agent, err=e.strerror)
 
+    def send_to(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram to ``addr`` (a relay), dropped if not listening yet."""
+        if self.transport is None:
+            return
+        try:
+            self.transport.write(data, addr)
+        except OSError as e:
+            self.log.warn("cannot send to {host}: {err}", host=addr[0], err=e.strerror)
+
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         if self.engine is None:
             return
         if self.on_receive is not None:
-            self.on_receive()
+            self.on_receive(addr)
         try:
             self.engine.datagram_received(datagram, addr)
         except Exception:

@@ -49,6 +49,7 @@ MUX_PORT = 8443
 MUX_NAME = "mux.home.example"
 SOCKS_PORT = 1080
 PROXY_ADDR = "192.168.103.3"
+RELAY = "172.31.4.2"
 
 
 def _say(text: str) -> None:
@@ -65,6 +66,7 @@ class Demo:
     logs: list[Any] = field(default_factory=list)
     squid: Any = None
     mux: subprocess.Popen[bytes] | None = None
+    relay: subprocess.Popen[bytes] | None = None
     proxy_kind: str = "squid"
 
     # -- the HTTP path: Squid in V3, the multiplexer and its SOCKS5 ingress at home --
@@ -148,6 +150,57 @@ username = "guest"
 password_file = "{keys / "proxy-password"}"
 """
 
+    # -- the relay path: a relay on the public side of the home firewall --
+
+    def setup_relay(self, home: Path) -> str:
+        """Keys and the relay's config; adds the relay to ``home``; the client's transport."""
+        keys = self.work / "keys"
+        for name in ("faha", "mnfa"):
+            f = keys / name
+            f.write_text(secrets.token_hex(16) + "\n")
+            f.chmod(0o600)
+        with home.open("a") as out:
+            out.write(
+                f"""
+[[relay]]
+address = "{RELAY}"
+spi = 2000
+key_file = "{keys / "faha"}"
+"""
+            )
+        (self.work / "relay.toml").write_text(
+            f"""
+[relay]
+address = "{RELAY}"
+mode = "forward"
+max_lifetime = 60
+
+[[home_agent]]
+address = "{HA}"
+spi = 2000
+key_file = "{keys / "faha"}"
+
+[[visitor]]
+name = "laptop"
+home_address = "{HOA}"
+spi = 3000
+key_file = "{keys / "mnfa"}"
+"""
+        )
+        return f"""
+[[transport]]
+kind = "relay"
+relay = "{RELAY}"
+spi = 3000
+key_file = "{keys / "mnfa"}"
+fallback_after = 2.5
+"""
+
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        """Start the relay (namespace rl)."""
+        self.relay = self.twistd("rl", "smobility-relay", self.work / "relay.toml", "relay.log")
+        return self.relay
+
     def start_http_side(self) -> None:
         """Start Squid (V3's proxy host) and the multiplexer (home LAN)."""
         assert self.squid is not None
@@ -156,10 +209,14 @@ password_file = "{keys / "proxy-password"}"
 
     # -- set-up -------------------------------------------------------------
 
-    def write_configs(self, http: bool = False) -> tuple[Path, Path]:
+    def write_configs(self, http: bool = False, relay: bool = False) -> tuple[Path, Path]:
+        """The home agent's and the client's configs (and those of the paths asked for).
+
+        The client's transports, in order: UDP, then the relay, then HTTP(S).
+        """
         keys = self.work / "keys"
         keys.mkdir(mode=0o700)
-        transports = self.setup_http() if http else ""
+        http_transports = self.setup_http() if http else ""
         for name, size in (("mnha", 16), ("to_home", 20), ("to_client", 20)):
             f = keys / name
             f.write_text(secrets.token_hex(size) + "\n")
@@ -193,6 +250,16 @@ key_to_home_file = "{keys / "to_home"}"
 key_to_client_file = "{keys / "to_client"}"
 """
         )
+        transports = ""
+        if relay:
+            transports = self.setup_relay(home)
+            if not http:
+                transports = '\n[[transport]]\nkind = "udp"\nfallback_after = 2.5\n' + transports
+            else:
+                head, tail = http_transports.split("[[transport]]\nkind = \"http\"", 1)
+                transports = head + transports + '\n[[transport]]\nkind = "http"' + tail
+        else:
+            transports = http_transports
         client = self.work / "client.toml"
         client.write_text(
             f"""

@@ -173,6 +173,36 @@ class Lab:
     """The SOCKS5 ingress port (forwarded from the home agent's public address)."""
     MUX_PORT = topo.MUX_PORT
     """The multiplexer's HTTP(S) port on its host."""
+    V3_PUBLIC = topo.V3_PUBLIC
+    """Visited network 3's router, internet side (its NAT's public address)."""
+    RELAY_PUBLIC = topo.RELAY_PUBLIC
+    """The relay host's address (public side of the home firewall)."""
+    INET_RL = topo.INET_RL
+    """The internet router's address towards the relay (the relay's default gateway)."""
+    GW_PUBLIC = topo.GW_PUBLIC
+    """The VPN gateway's internet-side address (where clients send IKE and ESP)."""
+    INET_GW = topo.INET_GW
+    """The internet router's address towards the VPN gateway."""
+    GW_LAN = topo.GW_LAN
+    """The VPN gateway's address on the home LAN."""
+    VPN_POOL = topo.VPN_POOL
+    """The VPN gateway's pool of client (virtual) addresses; ha routes it via C{GW_LAN}."""
+    V4_PUBLIC = topo.V4_PUBLIC
+    """Visited network 4's router, internet side: the NAT's public address."""
+    V4_LAN = topo.V4_LAN
+    """Visited network 4's router, LAN side (its DHCP server)."""
+    V4_NET = topo.V4_NET
+    """Visited network 4 (behind NAT; its firewall blocks the home agent)."""
+    INET_V4 = topo.INET_V4
+    """The internet router's address towards visited network 4."""
+    V5_PUBLIC = topo.V5_PUBLIC
+    """Visited network 5's router, internet side: the NAT's public address."""
+    V5_LAN = topo.V5_LAN
+    """Visited network 5's router, LAN side (its DHCP server)."""
+    V5_NET = topo.V5_NET
+    """Visited network 5 (behind NAT; only IKE/IPsec to the VPN gateway gets out)."""
+    INET_V5 = topo.INET_V5
+    """The internet router's address towards visited network 5."""
     MN_MAC = topo.MN_MAC
     """The mobile node's uplink MAC address."""
     UPLINK = topo.MN_UPLINK

@@ -5,15 +5,22 @@ The lab's topology as data: namespaces (roles), links, routes, LANs with DHCP.
 Nothing here touches the system; L{smobility.lab.namespaces.Lab} builds what
 L{TOPOLOGY} describes.  A new visited network is one more L{Network} (with its
 bridge C{br-<name>}), its router's two L{Link}s, a route in C{inet} if it is
-routed, and a L{Masquerade} if it sits behind NAT.
+routed, a L{Masquerade} if it sits behind NAT and a L{Firewall} if it filters.
 
 Picture::
 
-    cn (10.77.0.100) --+-- br-home --+-- ha lan0 10.77.0.1 | ha wan0 172.31.0.2 -- inet
-    mn uplink ~~~~~~~~~+  (in sw)    |                                                |
-      (mn-port moves   +-- br-v1 ----+-- v1 lan0 192.168.101.1 | v1 wan0 172.31.1.2 --+
-       between the     +-- br-v2 ----+-- v2 lan0 192.168.102.1 | v2 wan0 172.31.2.2 --+
-       bridges)                           (v2 masquerades 192.168.102.0/24)
+    cn  10.77.0.100 -+-- br-home --+-- ha lan0 10.77.0.1     | ha wan0 172.31.0.2 --+-- inet
+    mux 10.77.0.2 ---+  (in sw)    +-- gw lan0 10.77.0.3     | gw wan0 172.31.5.2 --+
+    mn uplink ~~~~~~~+                                        rl wan0 172.31.4.2 --+
+      (mn-port moves +-- br-v1 ----+-- v1 lan0 192.168.101.1 | v1 wan0 172.31.1.2 --+
+       between the   +-- br-v2 ----+-- v2 lan0 192.168.102.1 | v2 wan0 172.31.2.2 --+
+       bridges)      +-- br-v3 ----+-- v3 lan0 192.168.103.1 | v3 wan0 172.31.3.2 --+
+                     +-- br-v4 ----+-- v4 lan0 192.168.104.1 | v4 wan0 172.31.6.2 --+
+                     +-- br-v5 ----+-- v5 lan0 192.168.105.1 | v5 wan0 172.31.7.2 --+
+
+    v2-v5 masquerade their LANs; v3 lets out only its proxy host, v4 blocks
+    the home agent, v5 lets out only IKE/IPsec to the gateway gw; the home
+    perimeter on ha admits from the relay rl only IP protocol 4.
 """
 
 from __future__ import annotations
@@ -42,6 +49,14 @@ PROXY = "proxy"
 """The HTTP proxy host of visited network 3 (Squid or tinyproxy run there)."""
 MUX = "mux"
 """The multiplexer host on the home LAN (HTTP(S) tunnel server and SOCKS5 ingress)."""
+RELAY = "rl"
+"""The relay host (a Mobile IP foreign agent) on the public side of the home firewall."""
+GW = "gw"
+"""The IPsec VPN gateway: internet side and home LAN side, forwarding."""
+V4 = "v4"
+"""The router of visited network 4: blocks the home agent (relay and gateway stay reachable)."""
+V5 = "v5"
+"""The router of visited network 5: lets out only IKE/IPsec to the gateway."""
 
 MN_UPLINK = "uplink"
 """The mobile node's only interface (a veth)."""
@@ -205,6 +220,23 @@ PROXY_ADDR = "192.168.103.3"
 MUX_ADDR = "10.77.0.2"
 SOCKS_PORT = 1080
 MUX_PORT = 8443
+RELAY_PUBLIC = "172.31.4.2"
+INET_RL = "172.31.4.1"
+GW_PUBLIC = "172.31.5.2"
+INET_GW = "172.31.5.1"
+GW_LAN = "10.77.0.3"
+VPN_POOL = "10.78.0.0/24"
+INET_V4 = "172.31.6.1"
+V4_PUBLIC = "172.31.6.2"
+V4_NET = "192.168.104.0/24"
+V4_LAN = "192.168.104.1"
+INET_V5 = "172.31.7.1"
+V5_PUBLIC = "172.31.7.2"
+V5_NET = "192.168.105.0/24"
+V5_LAN = "192.168.105.1"
+IKE_PORT = 500
+NATT_PORT = 4500
+IPIP_PROTOCOL = 4
 
 # Visited network 3 lets nothing out but its proxy host (no UDP, no direct TCP).
 V3_FIREWALL = f"""
@@ -215,24 +247,65 @@ V3_FIREWALL = f"""
   }}
 """
 
-# The home perimeter (on ha): from the internet only TCP to the SOCKS5 ingress
-# of the multiplexer reaches the home LAN (the home agent's own UDP services
-# are not forwarded traffic and stay open).
+# Visited network 4 blocks the home agent: nothing reaches its public address
+# (nor the home LAN, which the internet routes through it), while the relay
+# and the gateway stay reachable.
+V4_FIREWALL = f"""
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ip daddr {{ {HA_PUBLIC}, {HOME_NET} }} drop
+  }}
+"""
+
+# Visited network 5 lets out only IKE and ESP-in-UDP to the VPN gateway: the
+# gateway is the only way home from there.
+V5_FIREWALL = f"""
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan0" ip daddr {GW_PUBLIC} udp dport {{ {IKE_PORT}, {NATT_PORT} }} accept
+  }}
+"""
+
+# The home perimeter (on ha).  From the internet only TCP to the SOCKS5
+# ingress of the multiplexer is forwarded into the home LAN (the home agent's
+# own services on its public address are not forwarded traffic and stay
+# open), and the home agent's LAN address is not reachable from outside.
+# The relay (figure 6 of the seed) gets less: the home agent host accepts
+# from it only IP-in-IP (protocol 4) to the public address, and nothing from
+# it is forwarded at all.
 HOME_PERIMETER = f"""
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname "wan0" tcp dport {SOCKS_PORT} dnat to {MUX_ADDR}:{SOCKS_PORT}
   }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    ip saddr {RELAY_PUBLIC} ip daddr {HA_PUBLIC} ip protocol {IPIP_PROTOCOL} accept
+    ip saddr {RELAY_PUBLIC} drop
+    iifname "wan0" ip daddr {HA_LAN} drop
+  }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    ip saddr {RELAY_PUBLIC} drop
     iifname "wan0" oifname "lan0" ct state established,related accept
     iifname "wan0" oifname "lan0" ip daddr {MUX_ADDR} tcp dport {SOCKS_PORT} accept
     iifname "wan0" oifname "lan0" drop
   }}
 """
 
+# The VPN gateway forwards into the home LAN only what arrives through its
+# IPsec tunnels (strongSwan's kernel-libipsec hands decrypted packets in by a
+# TUN device), never plain packets from the internet side.
+GW_PERIMETER = """
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "wan0" oifname "lan0" drop
+  }
+"""
+
 TOPOLOGY = Topology(
-    roles=(SW, HA, CN, INET, V1, V2, V3, PROXY, MUX, MN),
+    roles=(SW, HA, CN, INET, V1, V2, V3, PROXY, MUX, RELAY, GW, V4, V5, MN),
     links=(
         # LAN side: every peer in sw, on its bridge.
         Link(HA, "lan0", f"{HA_LAN}/24", SW, "ha-lan", bridge="br-home"),
@@ -242,6 +315,9 @@ TOPOLOGY = Topology(
         Link(V3, "lan0", f"{V3_LAN}/24", SW, "v3-lan", bridge="br-v3"),
         Link(PROXY, "eth0", f"{PROXY_ADDR}/24", SW, "proxy-eth0", bridge="br-v3"),
         Link(MUX, "eth0", f"{MUX_ADDR}/24", SW, "mux-eth0", bridge="br-home"),
+        Link(GW, "lan0", f"{GW_LAN}/24", SW, "gw-lan", bridge="br-home"),
+        Link(V4, "lan0", f"{V4_LAN}/24", SW, "v4-lan", bridge="br-v4"),
+        Link(V5, "lan0", f"{V5_LAN}/24", SW, "v5-lan", bridge="br-v5"),
         # The mobile node starts detached (mn-port on no bridge, down).
         Link(MN, MN_UPLINK, None, SW, MN_PORT, mac=MN_MAC),
         # WAN side: point-to-point links to the internet router.
@@ -249,6 +325,10 @@ TOPOLOGY = Topology(
         Link(V1, "wan0", f"{V1_PUBLIC}/24", INET, "to-v1", f"{INET_V1}/24"),
         Link(V2, "wan0", f"{V2_PUBLIC}/24", INET, "to-v2", f"{INET_V2}/24"),
         Link(V3, "wan0", f"{V3_PUBLIC}/24", INET, "to-v3", f"{INET_V3}/24"),
+        Link(RELAY, "wan0", f"{RELAY_PUBLIC}/24", INET, "to-rl", f"{INET_RL}/24"),
+        Link(GW, "wan0", f"{GW_PUBLIC}/24", INET, "to-gw", f"{INET_GW}/24"),
+        Link(V4, "wan0", f"{V4_PUBLIC}/24", INET, "to-v4", f"{INET_V4}/24"),
+        Link(V5, "wan0", f"{V5_PUBLIC}/24", INET, "to-v5", f"{INET_V5}/24"),
     ),
     routes=(
         Route(HA, "default", INET_HA),
@@ -258,10 +338,19 @@ TOPOLOGY = Topology(
         Route(V3, "default", INET_V3),
         Route(PROXY, "default", V3_LAN),
         Route(MUX, "default", HA_LAN),
-        # V1 is routed (public-like); V2 is not: it is only reachable through its NAT.
+        Route(RELAY, "default", INET_RL),
+        Route(GW, "default", INET_GW),
+        Route(V4, "default", INET_V4),
+        Route(V5, "default", INET_V5),
+        # The VPN gateway's clients are reached through it.
+        Route(HA, VPN_POOL, GW_LAN),
+        # V1 is routed (public-like); V2-V5 are not: only reachable through their NAT.
         Route(INET, V1_NET, V1_PUBLIC),
+        # The home LAN is routed too: the perimeter firewall on ha, not a
+        # missing route, is what keeps the internet out of it.
+        Route(INET, HOME_NET, HA_PUBLIC),
     ),
-    forwarding=frozenset({HA, INET, V1, V2, V3}),
+    forwarding=frozenset({HA, INET, V1, V2, V3, GW, V4, V5}),
     networks=(
         Network(
             "home",
@@ -276,9 +365,22 @@ TOPOLOGY = Topology(
         Network("v1", V1, "lan0", V1_LAN, V1_NET, "192.168.101.100", "192.168.101.199"),
         Network("v2", V2, "lan0", V2_LAN, V2_NET, "192.168.102.100", "192.168.102.199"),
         Network("v3", V3, "lan0", V3_LAN, V3_NET, "192.168.103.100", "192.168.103.199"),
+        Network("v4", V4, "lan0", V4_LAN, V4_NET, "192.168.104.100", "192.168.104.199"),
+        Network("v5", V5, "lan0", V5_LAN, V5_NET, "192.168.105.100", "192.168.105.199"),
     ),
-    masquerades=(Masquerade(V2, V2_NET, "wan0"), Masquerade(V3, V3_NET, "wan0")),
-    firewalls=(Firewall(V3, V3_FIREWALL), Firewall(HA, HOME_PERIMETER)),
+    masquerades=(
+        Masquerade(V2, V2_NET, "wan0"),
+        Masquerade(V3, V3_NET, "wan0"),
+        Masquerade(V4, V4_NET, "wan0"),
+        Masquerade(V5, V5_NET, "wan0"),
+    ),
+    firewalls=(
+        Firewall(V3, V3_FIREWALL),
+        Firewall(V4, V4_FIREWALL),
+        Firewall(V5, V5_FIREWALL),
+        Firewall(HA, HOME_PERIMETER),
+        Firewall(GW, GW_PERIMETER),
+    ),
 )
 """The lab as the project uses it."""
 

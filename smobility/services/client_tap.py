@@ -89,6 +89,7 @@ class ClientService(service.MultiService):
             node=self.engine,
             transports=cfg.transports,
             send_udp=self.protocol.send,
+            send_udp_to=self.protocol.send_to,
             home_agent=str(cfg.home_agent),
             ha_port=cfg.home_agent_port,
             esp_port=cfg.tunnel.port if cfg.tunnel is not None else 4500,
@@ -121,7 +122,13 @@ class ClientService(service.MultiService):
                 reactor=reactor,
             )
             self.data_plane.setServiceParent(self)
-            self.data_plane.pipe.divert = self.paths.divert_esp
+            pipe = self.data_plane.pipe
+            pipe.divert = self.paths.divert_esp
+            self.paths.translate = pipe.translate
+            self.paths.esp_udp_send = lambda ds: pipe.udp.send_many(ds) if pipe.udp else None
+            self.data_plane.bypass = [
+                t.relay for t in cfg.transports if t.kind == "relay" and t.relay is not None
+            ]
             self.paths.esp_sink = self.data_plane.pipe.receive
             self.paths.esp_batch_sink = self.data_plane.pipe.receive_many
             if cfg.ike is not None:

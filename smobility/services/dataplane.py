@@ -23,7 +23,7 @@ how routes follow registrations:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,9 @@ class TunnelPipe:
         self._out: list[tuple[bytes, tuple[str, int]]] = []
         self._back: list[bytes] = []
         self.divert: Callable[[list[tuple[bytes, tuple[str, int]]]], bool] | None = None
+        # Source addresses to read as others (the client's relay path: what
+        # the relay forwards comes from the home agent, end to end).
+        self.translate: dict[tuple[str, int], tuple[str, int]] = {}
 
     def open(self, listen: str, port: int) -> None:
         """Create the TUN device and bind the UDP socket; one sentence on failure."""
@@ -181,6 +184,9 @@ class TunnelPipe:
             back.clear()
 
     def _from_udp(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        translate = self.translate
+        if translate:
+            datagrams = [(d, translate.get(a, a)) for d, a in datagrams]
         inner = self.engine.from_udp_many(datagrams)
         if inner and self.tun is not None:
             self.tun.write_many(inner)
@@ -264,6 +270,9 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         # routed to the IKE peer's NAT-T address, home address captured.
         self.ike_only: set[str] = set()
         self._ike_listener: Any = None
+        # Relays (foreign agents) reached by IP-in-IP (attach_relays).
+        self.relays: frozenset[str] = frozenset()
+        self.ipip: Any = None
 
     def attach_ike(
         self, ike: IKEService, names: dict[str, str], ids: dict[str, Identity], port: int
@@ -284,6 +293,37 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         self.engine.on_ike = lambda message, addr: ike.receive(message, addr, local)
         ike.send_nat_t = self.pipe.send_all
         self._watch_sequences(ike)
+
+    def attach_relays(self, ipip: Any, relays: Iterable[str]) -> None:
+        """Send what goes to a relay's address through ``ipip`` (an IP-in-IP socket).
+
+        The relay stands for its visitors like a NAT: each client flow has a
+        port of the relay's, and the route to the client points at
+        ``(relay, port)``.  Those datagrams (ESP and IKE) leave inside
+        IP-in-IP from our ESP port; everything else leaves by UDP as before.
+        """
+        self.ipip = ipip
+        self.relays = frozenset(relays)
+        self.pipe.divert = self._divert_relays
+
+    def _divert_relays(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> bool:
+        relays = self.relays
+        for _, addr in datagrams:
+            if addr[0] in relays:
+                break
+        else:
+            return False
+        direct = []
+        port = self.esp_port
+        send = self.ipip.send
+        for datagram, addr in datagrams:
+            if addr[0] in relays:
+                send(datagram, port, addr[0], addr[1])
+            else:
+                direct.append((datagram, addr))
+        if direct and self.pipe.udp is not None:
+            self.pipe.udp.send_many(direct)
+        return True
 
     def _watch_sequences(self, ike: IKEService) -> None:
         """Rekey before an ESP SA's 32-bit sequence space runs out (checked every 5 s)."""
@@ -475,9 +515,10 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         b = max(bindings, key=lambda x: x.registered)
         coa = str(b.care_of_address)
         route = self.engine.by_node.get(node)
-        if b.nat:
-            # Data goes to the NAT mapping; its port is learnt from the
-            # client's first authenticated ESP packet (a dummy it sends).
+        if b.nat or b.path == "relay":
+            # Data goes to the NAT mapping (or to the relay's port standing
+            # for the client); the port is learnt from the client's first
+            # authenticated ESP packet (a dummy it sends).
             port = route.addr[1] if route is not None and route.addr[0] == b.source_host else 4500
             addr = (b.source_host, port)
         else:
@@ -594,6 +635,8 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         self.ike_sas: tuple[InboundSA, OutboundSA] | None = None
         self.routed = False
         self.extra_routes: list[tuple[IPv4Network, str | None, str | None]] = []
+        # Hosts that must stay outside the tunnel with routes = "all" (relays, gateways).
+        self.bypass: list[IPv4Address] = []
         self._keepalive: LoopingCall | None = None
         self._awaiting_first: float | None = None
         self._last: tuple[State, IPv4Address | None, float | None] | None = None
@@ -747,7 +790,8 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
             if dummy is not None:
                 self.pipe.send(*dummy)
             self._awaiting_first = self.reactor.seconds()
-            if node.nat:
+            if node.nat or node.registered_via is not None:
+                # A NAT, or a relay's flow for us: keep the mapping open.
                 self._start_keepalive(node.keepalive or self.keepalive_default)
             else:
                 self._stop_keepalive()
@@ -776,10 +820,12 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         dev = self.pipe.tun.name
         try:
             if self.routes == "all":
-                gw, uplink, _ = self.netlink.route_get(str(self.home_agent))
-                host = IPv4Network(f"{self.home_agent}/32")
-                self.netlink.add_route(host, dev=uplink, gateway=gw)
-                self.extra_routes = [(host, uplink, gw)]
+                self.extra_routes = []
+                for outside in [self.home_agent, *self.bypass]:
+                    gw, uplink, _ = self.netlink.route_get(str(outside))
+                    host = IPv4Network(f"{outside}/32")
+                    self.netlink.add_route(host, dev=uplink, gateway=gw)
+                    self.extra_routes.append((host, uplink, gw))
                 for half in ("0.0.0.0/1", "128.0.0.0/1"):
                     self.netlink.add_route(IPv4Network(half), dev=dev, src=str(self.hoa))
                     self.extra_routes.append((IPv4Network(half), dev, None))

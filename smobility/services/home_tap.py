@@ -21,7 +21,7 @@ from twisted.python import usage
 from smobility.adapters.manhole import ManholeError, make_manhole_service
 from smobility.adapters.udp import HomeAgentProtocol
 from smobility.config import HomeConfig, load_home
-from smobility.engines.homeagent import HomeAgent, MobileNodeEntry
+from smobility.engines.homeagent import ForeignAgentEntry, HomeAgent, MobileNodeEntry
 from smobility.services.common import ConfigOptions, StartupError, log_warnings
 from smobility.store.sqlite import SQLiteStore, StoreError
 
@@ -89,6 +89,7 @@ class HomeAgentService(service.MultiService):
         self.data_plane: Any = None
         self.ike: Any = None
         self.pki_store: Any = None
+        self.ipip: Any = None
 
     def _open(self) -> HomeAgent:
         if self.engine is None:
@@ -101,6 +102,10 @@ class HomeAgentService(service.MultiService):
                 store=self.store,
                 clock=self.reactor,
                 replay_window=cfg.replay_window,
+                foreign_agents=[
+                    ForeignAgentEntry(r.address, r.auth.spi, r.auth.key, r.auth.algorithm)
+                    for r in cfg.relays
+                ],
             )
             if cfg.tunnel is not None:
                 self._add_data_plane(self.engine)
@@ -233,8 +238,62 @@ class HomeAgentService(service.MultiService):
         )
         try:
             super().privilegedStartService()
+            if cfg.relays:
+                self._open_relays(engine)
         except StartupError as e:
             raise SystemExit(f"smobility-home: {e}") from None
+
+    def _open_relays(self, engine: HomeAgent) -> None:
+        """The IP-in-IP link to the relays (RFC 2003 on a raw socket).
+
+        Everything between a relay and the home agent travels in protocol 4:
+        the relayed registrations (inner UDP port 434) and the visitors' ESP
+        and IKE (inner UDP to the ESP port).  Protocol-4 packets from anyone
+        but a configured relay are dropped and counted by the socket.
+        """
+        from smobility.adapters.ipip import IPIPError, IPIPSocket
+
+        cfg = self.cfg
+        relays = [str(r.address) for r in cfg.relays]
+        self.ipip = IPIPSocket(
+            local=str(cfg.addresses[0]), peers=relays, on_datagrams=self._from_relays,
+            reactor=self.reactor,
+        )  # fmt: skip
+        try:
+            self.ipip.open()
+        except IPIPError as e:
+            self.ipip = None
+            raise StartupError(f"relays: {e}") from None
+        if self.data_plane is not None:
+            self.data_plane.attach_relays(self.ipip, relays)
+        self.log.info(
+            "IP-in-IP from {n} relay(s) ({relays}) to {local}",
+            n=len(relays), relays=", ".join(relays), local=cfg.addresses[0],
+        )  # fmt: skip
+
+    def _from_relays(self, items: list[tuple[int, bytes, tuple[str, int]]]) -> None:
+        """Datagrams a relay sent inside IP-in-IP: registrations, or ESP/IKE."""
+        engine = self.engine
+        if engine is None:
+            return
+        esp: list[tuple[bytes, tuple[str, int]]] = []
+        esp_port = self.cfg.tunnel.port if self.cfg.tunnel is not None else None
+        for port, payload, source in items:
+            if port == self.cfg.port:
+                try:
+                    reply = engine.handle_request(payload, source)
+                except Exception:
+                    engine.counters["internal_errors"] += 1
+                    self.log.failure("internal error on a relayed registration from {s}", s=source)
+                    continue
+                if reply is not None and self.ipip is not None:
+                    self.ipip.send(reply, self.cfg.port, source[0], source[1])
+            elif port == esp_port and self.data_plane is not None:
+                esp.append((payload, source))
+            else:
+                engine.counters["relay_unexpected_port"] += 1
+        if esp:
+            self.data_plane.pipe.receive_many(esp)
 
     def startService(self) -> None:  # noqa: N802
         if self.port is None:
@@ -244,6 +303,9 @@ class HomeAgentService(service.MultiService):
     def stopService(self) -> Deferred[None]:  # noqa: N802
         d: Deferred[Any] = maybeDeferred(super().stopService)
         port, self.port = self.port, None
+        if self.ipip is not None:
+            self.ipip.close()
+            self.ipip = None
         if port is not None:
             d.addCallback(lambda _: port.stopListening())
 

@@ -58,6 +58,33 @@ class _UDPPath(_Path):
         self.send_registration = send_udp
 
 
+class _RelayPath(_Path):
+    """Through a relay (a foreign agent): registration to it, ESP and IKE to its ESP port.
+
+    The client's registration names the relay as its care-of address and
+    carries the Mobile-Foreign authentication; its end-to-end ESP and IKE
+    with the home agent go to the relay, which carries them home
+    (:mod:`smobility.services.relay_tap`).
+    """
+
+    def __init__(self, index: int, cfg: TransportConfig, owner: PathManager) -> None:
+        super().__init__(index, cfg)
+        from ipaddress import IPv4Address
+
+        from smobility.engines.mobilenode import ForeignAgentLink
+
+        assert cfg.relay is not None and cfg.auth is not None
+        self.owner = owner
+        self.relay_addr = (str(cfg.relay), cfg.port)
+        self.esp_addr = (str(cfg.relay), cfg.esp_port)
+        self.link = ForeignAgentLink(
+            IPv4Address(cfg.relay), cfg.auth.spi, cfg.auth.key, cfg.auth.algorithm
+        )
+
+    def send_registration(self, data: bytes) -> None:
+        self.owner.send_udp_to(data, self.relay_addr)
+
+
 class _HTTPPath(_Path):
     log = Logger()
 
@@ -136,6 +163,7 @@ class PathManager:
         node: MobileNode,
         transports: tuple[TransportConfig, ...],
         send_udp: Callable[[bytes], None],
+        send_udp_to: Callable[[bytes, tuple[str, int]], None] | None = None,
         home_agent: str,
         ha_port: int,
         esp_port: int,
@@ -150,13 +178,23 @@ class PathManager:
         self.climb_back_after = climb_back_after
         if not transports:
             transports = (TransportConfig("udp", 4.0),)
+        self.send_udp_to = send_udp_to or (lambda data, addr: None)
+        # The data plane's plain UDP send (no divert) and its table of source
+        # addresses to read as the home agent's (set by the client service).
+        self.esp_udp_send: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
+        self.translate: dict[tuple[str, int], tuple[str, int]] | None = None
         self.paths: list[_Path] = []
         for i, cfg in enumerate(transports):
             if cfg.kind == "udp":
                 self.paths.append(_UDPPath(i, cfg, send_udp))
+            elif cfg.kind == "relay":
+                self.paths.append(_RelayPath(i, cfg, self))
             else:
                 self.paths.append(_HTTPPath(i, cfg, self))
         self.trying = 0
+        first = self.paths[0]
+        if isinstance(first, _RelayPath):
+            node.set_foreign_agent(first.link)
         self.active: int | None = None
         self.esp_sink: EspSink | None = None
         self.esp_batch_sink: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
@@ -185,14 +223,23 @@ class PathManager:
         if self.active is None:
             return False
         path = self.paths[self.active]
+        if isinstance(path, _RelayPath):
+            if self.esp_udp_send is not None:
+                addr = path.esp_addr
+                self.esp_udp_send([(datagram, addr) for datagram, _ in datagrams])
+            return True
         if not isinstance(path, _HTTPPath):
             return False
         for datagram, _ in datagrams:
             path.send_esp(datagram)
         return True
 
-    def udp_reply(self) -> None:
-        """A registration datagram came back over plain UDP."""
+    def udp_reply(self, source: tuple[str, int] | None = None) -> None:
+        """A registration datagram came back over plain UDP (from ``source``)."""
+        for path in self.paths:
+            if isinstance(path, _RelayPath) and source == path.relay_addr:
+                self._last_reply_path = path.index
+                return
         self._last_reply_path = self._udp_index()
 
     def network_changed(self) -> None:
@@ -254,6 +301,7 @@ class PathManager:
                 old = self.active_label
                 self.active = index
                 self.trying = index
+                self._follow(self.paths[index])
                 node.note_event("path", path=self.paths[index].label, previous=old)
                 self.log.info(
                     "traffic now over {label}", label=self.paths[index].label
@@ -264,6 +312,7 @@ class PathManager:
             self._arm_climb()
         elif node.state is State.AT_HOME:
             self.active = None
+            self._follow(None)
             for other in self.paths:
                 if isinstance(other, _HTTPPath):
                     other.stop()
@@ -301,7 +350,18 @@ class PathManager:
             )
             self.node.note_event("try-path", path=self.paths[index].label, why=why)
         self.trying = index
-        self.paths[index].start()
+        path = self.paths[index]
+        # Registering through a relay names it as the care-of address.
+        self.node.set_foreign_agent(path.link if isinstance(path, _RelayPath) else None)
+        path.start()
+
+    def _follow(self, path: _Path | None) -> None:
+        """The data plane reads what the active relay forwards as the home agent's."""
+        if self.translate is None:
+            return
+        self.translate.clear()
+        if isinstance(path, _RelayPath):
+            self.translate[path.esp_addr] = self.esp_addr
 
     def _arm_climb(self) -> None:
         if self._climb is not None and self._climb.active():
