@@ -234,8 +234,10 @@ class RelayRoamingTests(SynchronousTestCase):
         self.start_client("v4")
         st = self.wait_path("relay")
         self.assertEqual(st["care_of_address"][: len("192.168.104.")], "192.168.104.")
+        clients = self.streams()
+        self.wait_flowing()
         self.assertTrue(self.demo.probe(), self.why())
-        time.sleep(1)
+        self.assert_survived(self.finish(clients))
         rl_cap.stop()
         ha_cap.stop()
         fields = ["ip.src", "ip.dst", "ip.proto", "mip.type", "mip.coa", "mip.code",
@@ -279,6 +281,7 @@ class RelayRoamingTests(SynchronousTestCase):
         assert self.demo is not None
         self.start_client("v4")
         self.wait_path("relay")
+        clients = self.streams()
         r = self.lab.exec("inet", sys.executable, "-c", _STRAY, HA, "172.31.0.1", check=False)
         self.assertEqual(r.returncode, 0, r.stderr)
         pattern = "IP-in-IP packet from 172.31.0.1, which is not a configured peer: dropped"
@@ -287,4 +290,6 @@ class RelayRoamingTests(SynchronousTestCase):
             time.sleep(0.2)
         self.assertIn(pattern, self.log("home"), self.why())
         # ... and the client's own path is unharmed.
+        self.wait_flowing()
         self.assertTrue(self.demo.probe(), self.why())
+        self.assert_survived(self.finish(clients))
