@@ -1096,3 +1096,42 @@ class LinkedTests(SynchronousTestCase):
         self.assertEqual(node.status()["unverified_code"], mip.CODE_HA_MN_AUTH_FAILED)
         self.assertEqual(set(fake.codes()), {mip.CODE_HA_MN_AUTH_FAILED})
         self.assertEqual(ha.bindings, {})
+
+
+class TunnelAddressTests(SynchronousTestCase):
+    """Through a VPN gateway (RFC 5265) the co-located care-of address is the inner one."""
+
+    def test_request_names_tunnel_address(self) -> None:
+        from ipaddress import IPv4Address
+
+        from twisted.internet.task import Clock
+
+        from smobility.engines.mobilenode import MobileNode, MobileNodeSettings
+        from smobility.wire import mip
+
+        sent: list[bytes] = []
+        node = MobileNode(
+            MobileNodeSettings(
+                name="laptop", home_address=IPv4Address("10.77.0.10"),
+                home_agent=IPv4Address("172.31.0.2"), spi=1000, key=b"k" * 16,
+            ),
+            clock=Clock(), send=sent.append,
+        )  # fmt: skip
+        node.register(IPv4Address("192.168.105.120"))
+        req = mip.decode(sent[-1])
+        assert isinstance(req, mip.RegistrationRequest)
+        self.assertEqual(req.care_of_address, IPv4Address("192.168.105.120"))
+        node.set_tunnel_address(IPv4Address("10.78.0.1"))
+        node.register(IPv4Address("192.168.105.120"))
+        req = mip.decode(sent[-1])
+        assert isinstance(req, mip.RegistrationRequest)
+        self.assertEqual(req.care_of_address, IPv4Address("10.78.0.1"))
+        self.assertTrue(req.flags & mip.FLAG_D)
+        self.assertEqual(node.care_of, IPv4Address("192.168.105.120"))
+        self.assertEqual(node.status()["tunnel_address"], "10.78.0.1")
+        node.set_tunnel_address(None)
+        node.register(IPv4Address("192.168.105.120"))
+        req = mip.decode(sent[-1])
+        assert isinstance(req, mip.RegistrationRequest)
+        self.assertEqual(req.care_of_address, IPv4Address("192.168.105.120"))
+        node.stop()

@@ -150,6 +150,9 @@ class MobileNode:
         self.foreign_agent: ForeignAgentLink | None = None
         self.registered_via: IPv4Address | None = None
         self.next_hop: IPv4Address = settings.home_agent
+        # A co-located care-of address other than the local one: the inner
+        # address a VPN gateway gave us (RFC 5265), None otherwise.
+        self.tunnel_address: IPv4Address | None = None
         # low 32 bits -> (identification, time sent, foreign agent it went through)
         self._outstanding: dict[int, tuple[int, float, ForeignAgentLink | None]] = {}
         self._lifetime_cap: int | None = None
@@ -187,6 +190,16 @@ class MobileNode:
         self.foreign_agent = fa
         self.note_event("foreign-agent", address=str(fa.address) if fa else None)
 
+    def set_tunnel_address(self, address: IPv4Address | None) -> None:
+        """Register ``address`` (a VPN's inner address) as the co-located care-of address.
+
+        From the next request on; None goes back to the local address.
+        """
+        if address == self.tunnel_address:
+            return
+        self.tunnel_address = address
+        self.note_event("tunnel-address", address=str(address) if address else None)
+
     def go_home(self) -> None:
         """The node is on its home network: remove every binding."""
         self.care_of = self.settings.home_address
@@ -217,6 +230,7 @@ class MobileNode:
             "care_of_address": str(self.care_of) if self.care_of else None,
             "foreign_agent": str(self.foreign_agent.address) if self.foreign_agent else None,
             "registered_via": str(self.registered_via) if self.registered_via else None,
+            "tunnel_address": str(self.tunnel_address) if self.tunnel_address else None,
             "registered_until": self.registered_until,
             "remaining": (max(0.0, self.registered_until - now) if self.registered_until else None),
             "lifetime": self.granted_lifetime,
@@ -276,7 +290,7 @@ class MobileNode:
             coa = fa.address
             flags = 0
         else:
-            coa = s.home_address if deregistering else self.care_of
+            coa = s.home_address if deregistering else (self.tunnel_address or self.care_of)
             flags = mip.FLAG_D
         assert coa is not None
         if s.reverse_tunnel and not deregistering:

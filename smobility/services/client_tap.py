@@ -127,7 +127,7 @@ class ClientService(service.MultiService):
             self.paths.translate = pipe.translate
             self.paths.esp_udp_send = lambda ds: pipe.udp.send_many(ds) if pipe.udp else None
             self.data_plane.bypass = [
-                t.relay for t in cfg.transports if t.kind == "relay" and t.relay is not None
+                a for t in cfg.transports for a in (t.relay, t.gateway) if a is not None
             ]
             self.paths.esp_sink = self.data_plane.pipe.receive
             self.paths.esp_batch_sink = self.data_plane.pipe.receive_many

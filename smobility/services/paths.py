@@ -85,6 +85,96 @@ class _RelayPath(_Path):
         self.owner.send_udp_to(data, self.relay_addr)
 
 
+class _GatewayPath(_Path):
+    """Through an IPsec VPN gateway (figure 7, RFC 5265): registration and ESP inside its tunnel.
+
+    The client registers its inner (virtual) address as a co-located
+    care-of address with the home agent's inside address, and keeps its own
+    ESP and IKE with the home agent, all inside the gateway's tunnel
+    (:class:`smobility.services.gateway.GatewayTunnel`).
+    """
+
+    def __init__(self, index: int, cfg: TransportConfig, owner: PathManager) -> None:
+        super().__init__(index, cfg)
+        assert cfg.gateway is not None and cfg.inside_home_agent is not None
+        assert cfg.ike is not None
+        self.owner = owner
+        self.inside = str(cfg.inside_home_agent)
+        self.tunnel: Any = None
+        self.stale = False
+
+    def _make(self) -> Any:
+        from smobility.services.gateway import GatewayTunnel, gateway_ike_config
+
+        c, ike = self.cfg, self.cfg.ike
+        assert ike is not None and c.gateway is not None
+        config, check = gateway_ike_config(
+            identity=ike.identity,
+            identity_kind=ike.identity_kind,
+            gateway_identity=ike.home_agent_identity,
+            gateway_identity_kind=ike.home_agent_identity_kind,
+            clock=self.owner.reactor,
+            psk=ike.psk if ike.auth == "psk" else b"",
+            cert=ike.cert,
+            key=ike.key,
+            ca_file=ike.ca_file,
+        )
+        return GatewayTunnel(
+            gateway=str(c.gateway),
+            gateway_port=c.port,
+            ike_config=config,
+            cert_check=check,
+            reactor=self.owner.reactor,
+            on_datagrams=self._datagrams,
+            on_state=self._state,
+        )
+
+    @property
+    def up(self) -> bool:
+        return self.tunnel is not None and self.tunnel.state == "up"
+
+    def start(self) -> None:
+        if self.tunnel is None:
+            self.tunnel = self._make()
+        if self.stale:
+            # A new network: the old IKE SA's path is gone.
+            self.stale = False
+            self.tunnel.restart()
+        else:
+            self.tunnel.start()
+
+    def stop(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.stop()
+        self.stale = False
+
+    @property
+    def failed(self) -> bool:
+        return self.tunnel is not None and self.tunnel.state == "failed"
+
+    def send_registration(self, data: bytes) -> None:
+        self.start()
+        self.tunnel.send_udp(data, self.owner.ha_addr[1], self.inside, self.owner.ha_addr[1])
+
+    def send_esp(self, datagram: bytes) -> None:
+        if self.tunnel is not None:
+            port = self.owner.esp_addr[1]
+            self.tunnel.send_udp(datagram, port, self.inside, port)
+
+    def _datagrams(self, items: list[tuple[int, bytes, tuple[str, int]]]) -> None:
+        ha_port, esp_port = self.owner.ha_addr[1], self.owner.esp_addr[1]
+        for dport, payload, (src, sport) in items:
+            if src != self.inside:
+                continue
+            if dport == ha_port and sport == ha_port:
+                self.owner.received(self, KIND_MIP, payload)
+            elif dport == esp_port and sport == esp_port:
+                self.owner.received(self, KIND_ESP, payload)
+
+    def _state(self, state: str, vip: Any, reason: str | None) -> None:
+        self.owner.gateway_state(self, state, vip, reason)
+
+
 class _HTTPPath(_Path):
     log = Logger()
 
@@ -189,6 +279,8 @@ class PathManager:
                 self.paths.append(_UDPPath(i, cfg, send_udp))
             elif cfg.kind == "relay":
                 self.paths.append(_RelayPath(i, cfg, self))
+            elif cfg.kind == "gateway":
+                self.paths.append(_GatewayPath(i, cfg, self))
             else:
                 self.paths.append(_HTTPPath(i, cfg, self))
         self.trying = 0
@@ -228,7 +320,7 @@ class PathManager:
                 addr = path.esp_addr
                 self.esp_udp_send([(datagram, addr) for datagram, _ in datagrams])
             return True
-        if not isinstance(path, _HTTPPath):
+        if not isinstance(path, _HTTPPath | _GatewayPath):
             return False
         for datagram, _ in datagrams:
             path.send_esp(datagram)
@@ -244,6 +336,9 @@ class PathManager:
 
     def network_changed(self) -> None:
         """A new network: start from the most preferred transport again."""
+        for path in self.paths:
+            if isinstance(path, _GatewayPath) and path.tunnel is not None:
+                path.stale = True
         self._set_trying(0, "network changed")
 
     def stop(self) -> None:
@@ -256,8 +351,23 @@ class PathManager:
 
     # -- events -------------------------------------------------------------------
 
-    def received(self, path: _HTTPPath, kind: int, data: bytes) -> None:
-        """A datagram from the home agent arrived over an HTTP transport."""
+    def gateway_state(
+        self, path: _GatewayPath, state: str, vip: Any, reason: str | None
+    ) -> None:
+        """A gateway tunnel changed state: register through it as soon as it is up."""
+        node = self.node
+        if state == "up":
+            node.note_event("gateway-up", address=str(vip))
+            if path.index == self.trying:
+                node.set_tunnel_address(vip)
+                if node.care_of is not None:
+                    node.register(node.care_of)
+        elif state == "failed" and path.index == self.trying:
+            self.log.warn("transport {label} failed: {why}", label=path.label, why=reason)
+            self._next("it failed")
+
+    def received(self, path: _Path, kind: int, data: bytes) -> None:
+        """A datagram from the home agent arrived over an HTTP or gateway transport."""
         if kind == KIND_MIP:
             self._last_reply_path = path.index
             self.node.datagram_received(data, self.ha_addr)
@@ -307,14 +417,14 @@ class PathManager:
                     "traffic now over {label}", label=self.paths[index].label
                 )
                 for other in self.paths:
-                    if other.index != index and isinstance(other, _HTTPPath):
+                    if other.index != index and isinstance(other, _HTTPPath | _GatewayPath):
                         other.stop()
             self._arm_climb()
         elif node.state is State.AT_HOME:
             self.active = None
             self._follow(None)
             for other in self.paths:
-                if isinstance(other, _HTTPPath):
+                if isinstance(other, _HTTPPath | _GatewayPath):
                     other.stop()
 
     # -- choosing -------------------------------------------------------------------
@@ -351,8 +461,11 @@ class PathManager:
             self.node.note_event("try-path", path=self.paths[index].label, why=why)
         self.trying = index
         path = self.paths[index]
-        # Registering through a relay names it as the care-of address.
+        # Registering through a relay names it as the care-of address; through
+        # a VPN gateway, our address inside its tunnel.
         self.node.set_foreign_agent(path.link if isinstance(path, _RelayPath) else None)
+        gateway = isinstance(path, _GatewayPath) and path.up and not path.stale
+        self.node.set_tunnel_address(path.tunnel.virtual_ip if gateway else None)  # type: ignore[attr-defined]
         path.start()
 
     def _follow(self, path: _Path | None) -> None:
