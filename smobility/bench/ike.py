@@ -58,6 +58,7 @@ from smobility.bench.results import (
     ratio,
     utc_now,
 )
+from smobility.lab.strongswan import CHARON, LOAD
 
 NAME = "ike"
 TITLE = "IKE set-ups per second: our responder and strongSwan's, same initiator load"
@@ -181,8 +182,7 @@ def strongswan_conf(directory: Path) -> str:
     """charon's strongswan.conf: plugins per PEERS.md, its own vici socket, no DoS limits."""
     return f"""charon {{
     load_modular = no
-    load = random nonce openssl aes sha1 sha2 hmac gcm curve25519 gmp pem pkcs1 pkcs8 x509 \
-pubkey constraints revocation kdf kernel-libipsec kernel-netlink socket-default vici updown
+    load = {LOAD}
     dos_protection = no
     cookie_threshold = 1000000
     block_threshold = 1000000
@@ -793,7 +793,7 @@ class _Test:
                 "our responder",
             )
             return
-        charon = "/usr/lib/ipsec/charon"
+        charon = CHARON
         if not os.access(charon, os.X_OK):
             raise MissingTool(
                 "strongSwan's charon is not installed (Debian packages strongswan-charon "
@@ -841,7 +841,7 @@ class _Test:
         """The responder's version line."""
         if self.peer == "smobility":
             return "IKEEngine + IKEService (smobility.services.ike_service)"
-        r = subprocess.run(["/usr/lib/ipsec/charon", "--version"], capture_output=True,
+        r = subprocess.run([CHARON, "--version"], capture_output=True,
                            text=True, timeout=10, check=False)  # fmt: skip
         return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
 

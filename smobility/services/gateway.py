@@ -32,6 +32,17 @@ gateway or by us: retried only every ``retry_max`` seconds).  Lost tunnels
 CHILD_SA) are set up again with exponential backoff.  After a network change
 :meth:`GatewayTunnel.restart` makes a new IKE SA: the old one's path is gone
 (no MOBIKE here), and its INITIAL_CONTACT makes the gateway drop the old one.
+
+Sizes: our inner packets carry DF (:func:`~smobility.wire.ipip.udp_packet`)
+and go whole; the kernel fragments the outer datagram to the gateway if it
+must.  The other way, strongSwan's kernel-libipsec has a TUN device of MTU
+1400: a datagram from the home LAN larger than that reaches us in IPv4
+fragments, each in its own ESP packet, which :class:`Reassembly` puts
+together again (seen: the home host's kernel learns the 1400 from the
+gateway's ICMP "fragmentation needed", so the first large datagram after a
+change is lost and the later ones come in fragments).  A datagram larger
+than the home LAN's MTU (1472 bytes of payload on Ethernet) is refused
+inside with ICMP, counted as ``inner_icmp``.
 """
 
 from __future__ import annotations
@@ -86,6 +97,7 @@ OnState = Callable[[str, "IPv4Address | None", "str | None"], None]
 
 _NODE = "gateway"
 _PROTO_UDP = 17
+_PROTO_ICMP = 1
 # The tunnel engine's MTU: inner packets are never refused for their size
 # here (the kernel fragments the outer UDP datagram if it must).
 _NO_MTU_LIMIT = 0xFFFF
@@ -479,7 +491,10 @@ class GatewayTunnel:
                 return  # a fragment, kept
             src, sport, dst, dport, payload = parse_udp_packet(whole)
         except WireError:
-            self.counters["inner_not_udp"] += 1
+            # ICMP from inside (say, "fragmentation needed" for a datagram
+            # too large for the home LAN) is counted apart.
+            icmp = len(inner) > 9 and inner[9] == _PROTO_ICMP
+            self.counters["inner_icmp" if icmp else "inner_not_udp"] += 1
             return
         source = IPv4Address(src)
         if not _allows(child.remote_ts, source, sport):
@@ -626,7 +641,7 @@ class GatewayTunnel:
         self._retry = None
 
     def _set_state(self, state: str, reason: str | None) -> None:
-        if state == self.state and state != "up":
+        if state == self.state:
             return
         self.state = state
         if self.on_state is not None:
