@@ -43,8 +43,8 @@ for _ in range(3):
 """
 
 
-class RelayRoamingTests(SynchronousTestCase):
-    """Home agent, relay and client as twistd processes in the lab."""
+class LabRoaming(SynchronousTestCase):
+    """Helpers for the lab tests with twistd processes (no tests of its own)."""
 
     lab: Any = None
     demo: Demo | None = None
@@ -155,35 +155,8 @@ class RelayRoamingTests(SynchronousTestCase):
         self.fail(f"streams stalled: {start} -> "
                   f"{ {n: self.bytes_now(n) for n in start} }\n{self.why()}")  # fmt: skip
 
-    # -- tests ---------------------------------------------------------------------
-
-    def test_moves_direct_relay_direct_with_streams_and_inbound(self) -> None:
-        """V1 (direct) -> V4 (relay) -> V1 -> V4: zero resets, inbound works through the relay."""
-        assert self.demo is not None
-        st = self.start_client("v1")
-        self.assertEqual(st.get("path"), "udp", st)
-        clients = self.streams()
-        self.wait_flowing()
-        self.go("v4")
-        st = self.wait_path("relay")
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
-        self.go("v1")
-        self.wait_path("udp")
-        self.wait_flowing()
-        self.go("v4")
-        self.wait_path("relay")
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
-        stats = self.finish(clients)
-        self.assert_survived(stats)
-        relay = self.log("relay")
-        self.assertRegex(relay, r"flow for laptop: 172\.31\.6\.2:\d+ <-> relay port \d+")
-        home = self.log("home")
-        self.assertRegex(home, r"registration node=laptop coa=172\.31\.4\.2 from=172\.31\.4\.2")
-        self.assertIn("IP-in-IP from 1 relay(s)", home)
-
     def capture(self, role: str, iface: str, name: str) -> tuple[Any, Path]:
+        """tshark capturing on ``iface`` in ``role``'s namespace, until its ``stop()``."""
         pcap = self.work / f"{name}.pcapng"
         cap = self.lab.popen(
             role, "tshark", "-i", iface, "-w", str(pcap), "-f", "not arp",
@@ -217,6 +190,7 @@ class RelayRoamingTests(SynchronousTestCase):
         return cap, pcap
 
     def fields(self, pcap: Path, display: str, fields: list[str]) -> list[dict[str, str]]:
+        """tshark's fields of the frames of ``pcap`` that match ``display``."""
         out = subprocess.run(
             ["tshark", "-r", str(pcap), "-Y", display, "-T", "fields",
              "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]
@@ -224,6 +198,38 @@ class RelayRoamingTests(SynchronousTestCase):
             capture_output=True, check=True, timeout=60,
         ).stdout.decode()  # fmt: skip
         return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+
+
+class RelayRoamingTests(LabRoaming):
+    """Home agent, relay and client as twistd processes in the lab."""
+
+    # -- tests ---------------------------------------------------------------------
+
+    def test_moves_direct_relay_direct_with_streams_and_inbound(self) -> None:
+        """V1 (direct) -> V4 (relay) -> V1 -> V4: zero resets, inbound works through the relay."""
+        assert self.demo is not None
+        st = self.start_client("v1")
+        self.assertEqual(st.get("path"), "udp", st)
+        clients = self.streams()
+        self.wait_flowing()
+        self.go("v4")
+        st = self.wait_path("relay")
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.go("v1")
+        self.wait_path("udp")
+        self.wait_flowing()
+        self.go("v4")
+        self.wait_path("relay")
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        stats = self.finish(clients)
+        self.assert_survived(stats)
+        relay = self.log("relay")
+        self.assertRegex(relay, r"flow for laptop: 172\.31\.6\.2:\d+ <-> relay port \d+")
+        home = self.log("home")
+        self.assertRegex(home, r"registration node=laptop coa=172\.31\.4\.2 from=172\.31\.4\.2")
+        self.assertIn("IP-in-IP from 1 relay(s)", home)
 
     def test_tshark_relayed_registration_and_ipip(self) -> None:
         """The client's request carries MN-HA then MN-FA; the relayed one MN-HA then FA-HA,

@@ -50,6 +50,10 @@ MUX_NAME = "mux.home.example"
 SOCKS_PORT = 1080
 PROXY_ADDR = "192.168.103.3"
 RELAY = "172.31.4.2"
+GW_PUBLIC = "172.31.5.2"
+GW_ID = "gw.home.example"
+CLIENT_ID = "laptop.home.example"
+VPN_POOL = "10.78.0.0/24"
 
 
 def _say(text: str) -> None:
@@ -67,6 +71,7 @@ class Demo:
     squid: Any = None
     mux: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[bytes] | None = None
+    gateway: Any = None
     proxy_kind: str = "squid"
 
     # -- the HTTP path: Squid in V3, the multiplexer and its SOCKS5 ingress at home --
@@ -201,6 +206,69 @@ fallback_after = 2.5
         self.relay = self.twistd("rl", "smobility-relay", self.work / "relay.toml", "relay.log")
         return self.relay
 
+    # -- the gateway path: a strongSwan VPN gateway at the home perimeter --
+
+    def setup_gateway(self, auth: str = "psk") -> str:
+        """The gateway's swanctl.conf and credentials (PSK, or our CA's certificates).
+
+        Returns the client's transport; start the gateway with :meth:`start_gateway`.
+        """
+        from smobility.lab import strongswan as swan
+
+        keys = self.work / "keys"
+        swan_dir = self.work / "swan"
+        swan_dir.mkdir(mode=0o700)
+        extra = ""
+        if auth == "psk":
+            psk = secrets.token_urlsafe(24)
+            (keys / "gateway-psk").write_text(psk + "\n")
+            (keys / "gateway-psk").chmod(0o600)
+            conf = swan.gateway_swanctl(
+                lan=NETS["home"], local_id=GW_ID, psk=psk, remote_id=CLIENT_ID, pool=VPN_POOL,
+            )  # fmt: skip
+            extra = f'psk_file = "{keys / "gateway-psk"}"\n'
+            creds = None
+        else:
+            from smobility.store.pki import PKIStore
+
+            store = PKIStore(self.work / "home.sqlite")
+            try:
+                if not store.has_ca():
+                    store.init_ca("smobility home CA")
+                creds = swan.our_pki(
+                    keys / "gateway-pki",
+                    [swan.Credential("gateway", GW_ID, "server"),
+                     swan.Credential("laptop", CLIENT_ID, "client")],
+                    store=store,
+                )  # fmt: skip
+            finally:
+                store.close()
+            conf = swan.gateway_swanctl(
+                lan=NETS["home"], local_id=GW_ID, auth="pubkey", remote_id=CLIENT_ID,
+                pool=VPN_POOL,
+            )  # fmt: skip
+            extra = (
+                f'auth = "pubkey"\ncert = "{creds["laptop.crt"]}"\n'
+                f'key = "{creds["laptop.key"]}"\nca_file = "{creds["ca"]}"\n'
+            )
+        self.gateway = swan.Charon(self.lab.ns("gw"), swan_dir, conf)
+        if creds is not None:
+            swan.install_credentials(swan_dir, creds, "gateway", "private")
+        return f"""
+[[transport]]
+kind = "gateway"
+gateway = "{GW_PUBLIC}"
+inside_home_agent = "{HA_LAN}"
+identity = "{CLIENT_ID}"
+gateway_identity = "{GW_ID}"
+fallback_after = 6
+{extra}"""
+
+    def start_gateway(self) -> None:
+        """Start charon (kernel-libipsec) in namespace gw."""
+        assert self.gateway is not None
+        self.gateway.start()
+
     def start_http_side(self) -> None:
         """Start Squid (V3's proxy host) and the multiplexer (home LAN)."""
         assert self.squid is not None
@@ -209,10 +277,13 @@ fallback_after = 2.5
 
     # -- set-up -------------------------------------------------------------
 
-    def write_configs(self, http: bool = False, relay: bool = False) -> tuple[Path, Path]:
+    def write_configs(
+        self, http: bool = False, relay: bool = False, gateway: str | None = None
+    ) -> tuple[Path, Path]:
         """The home agent's and the client's configs (and those of the paths asked for).
 
-        The client's transports, in order: UDP, then the relay, then HTTP(S).
+        The client's transports, in order: UDP, the relay, the VPN gateway
+        (``gateway``: "psk" or "pubkey"), then HTTP(S).
         """
         keys = self.work / "keys"
         keys.mkdir(mode=0o700)
@@ -250,16 +321,16 @@ key_to_home_file = "{keys / "to_home"}"
 key_to_client_file = "{keys / "to_client"}"
 """
         )
-        transports = ""
-        if relay:
-            transports = self.setup_relay(home)
-            if not http:
-                transports = '\n[[transport]]\nkind = "udp"\nfallback_after = 2.5\n' + transports
-            else:
-                head, tail = http_transports.split("[[transport]]\nkind = \"http\"", 1)
-                transports = head + transports + '\n[[transport]]\nkind = "http"' + tail
-        else:
+        middle = self.setup_relay(home) if relay else ""
+        if gateway is not None:
+            middle += self.setup_gateway(gateway)
+        if not middle:
             transports = http_transports
+        elif not http:
+            transports = '\n[[transport]]\nkind = "udp"\nfallback_after = 2.5\n' + middle
+        else:
+            head, tail = http_transports.split('[[transport]]\nkind = "http"', 1)
+            transports = head + middle + '\n[[transport]]\nkind = "http"' + tail
         client = self.work / "client.toml"
         client.write_text(
             f"""
@@ -329,6 +400,9 @@ key_to_client_file = "{keys / "to_client"}"
         return r.returncode == 0
 
     def stop_all(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
         if self.squid is not None:
             self.squid.stop()
             self.squid = None
