@@ -1,13 +1,16 @@
 """The roaming demo: a client moves across the lab's networks with TCP streams running.
 
-Builds the namespace lab, starts the home agent and the client as real
-``twistd`` processes, starts two TCP streams through the tunnel (the
-correspondent host to the client's permanent address, i.e. inbound, and the
-client to the correspondent), moves the client V1, V2 (behind NAT), home, V1,
-V2 while they run, checks after each move that a new inbound connection to
-the permanent address works, and prints a timeline (per move: link change,
-new address, registration sent, reply, first packet on the new path, gap)
-and, last, one JSON line.
+Builds the namespace lab, starts the home agent, the multiplexer (with its
+SOCKS5 ingress), Squid in V3, the relay (public side of the home firewall),
+a strongSwan VPN gateway and the client as real processes, starts two TCP
+streams through the tunnel (the correspondent host to the client's permanent
+address, i.e. inbound, and the client to the correspondent), moves the
+client V1, V2 (behind NAT), home, V1, V4 (home agent blocked: the relay),
+V5 (only IPsec to the gateway), V3 (only an HTTP proxy: HTTPS to the
+multiplexer), V2 while they run, checks after each move that a new inbound
+connection to the permanent address works, and prints a timeline (per move:
+link change, new address, transports tried, registration sent, reply, first
+packet on the new path, gap) and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from smobility.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-MOVES = ("v1", "v2", "home", "v1", "v3", "v2")
+MOVES = ("v1", "v2", "home", "v1", "v4", "v5", "v3", "v2")
 DWELL = 5.0
 HOA = "10.77.0.10"
 CN = "10.77.0.100"
@@ -36,12 +39,16 @@ NETS = {
     "v1": "192.168.101.0/24",
     "v2": "192.168.102.0/24",
     "v3": "192.168.103.0/24",
+    "v4": "192.168.104.0/24",
+    "v5": "192.168.105.0/24",
 }
 NETWORK_KIND = {
     "home": "home LAN",
     "v1": "routed",
     "v2": "behind NAT",
     "v3": "strict firewall, HTTP proxy only",
+    "v4": "home agent blocked, relay reachable",
+    "v5": "only IPsec to the home VPN gateway",
 }
 MUX_ADDR = "10.77.0.2"
 HA_LAN = "10.77.0.1"
@@ -261,7 +268,7 @@ gateway = "{GW_PUBLIC}"
 inside_home_agent = "{HA_LAN}"
 identity = "{CLIENT_ID}"
 gateway_identity = "{GW_ID}"
-fallback_after = 6
+fallback_after = 4
 {extra}"""
 
     def start_gateway(self) -> None:
@@ -429,7 +436,7 @@ def _events_since(status: dict[str, Any], t0: float) -> list[dict[str, Any]]:
 def run(lab: Lab, work: Path) -> dict[str, Any]:
     """The demo proper; returns the result object."""
     demo = Demo(lab, work)
-    home_cfg, client_cfg = demo.write_configs(http=True)
+    home_cfg, client_cfg = demo.write_configs(http=True, relay=True, gateway="psk")
     result: dict[str, Any] = {}
     moves: list[dict[str, Any]] = []
     try:
@@ -437,6 +444,10 @@ def run(lab: Lab, work: Path) -> dict[str, Any]:
         demo.twistd("ha", "smobility-home", home_cfg, "home.log")
         _say("starting the multiplexer + SOCKS5 ingress (namespace mux) and Squid in V3 ...")
         demo.start_http_side()
+        _say("starting the relay (namespace rl, public side of the home firewall) and the "
+             "strongSwan VPN gateway (namespace gw) ...")  # fmt: skip
+        demo.start_relay()
+        demo.start_gateway()
         _say("client joins V1 ...")
         lab.move("v1")
         lab.wait_address(NETS["v1"])
@@ -515,6 +526,11 @@ _DESCRIBE = {
     "first-packet": lambda e: "first packet from home on the new path",
     "try-path": lambda e: f"trying transport {e.get('path')} ({e.get('why')})",
     "path": lambda e: f"traffic now over {e.get('path')}",
+    "gateway-up": lambda e: f"VPN gateway tunnel up, inner address {e.get('address')}",
+    "foreign-agent": lambda e: (
+        f"registering through the relay {e.get('address')}" if e.get("address")
+        else "registering directly"
+    ),
 }
 
 
