@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,7 @@ class Demo:
     mux: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[bytes] | None = None
     gateway: Any = None
+    swan_dir: Path | None = None
     proxy_kind: str = "squid"
 
     # -- the HTTP path: Squid in V3, the multiplexer and its SOCKS5 ingress at home --
@@ -223,8 +226,10 @@ fallback_after = 2.5
         from smobility.lab import strongswan as swan
 
         keys = self.work / "keys"
-        swan_dir = self.work / "swan"
-        swan_dir.mkdir(mode=0o700)
+        # Not under /run (the demo's work directory may be there): charon
+        # runs with its own directory's run/ mounted over /run.
+        swan_dir = Path(tempfile.mkdtemp(prefix="smob-swan-", dir="/var/tmp"))
+        self.swan_dir = swan_dir
         extra = ""
         if auth == "psk":
             psk = secrets.token_urlsafe(24)
@@ -410,6 +415,9 @@ key_to_client_file = "{keys / "to_client"}"
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None
+        if self.swan_dir is not None:
+            shutil.rmtree(self.swan_dir, ignore_errors=True)
+            self.swan_dir = None
         if self.squid is not None:
             self.squid.stop()
             self.squid = None
