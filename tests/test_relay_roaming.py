@@ -65,8 +65,12 @@ class LabRoaming(SynchronousTestCase):
         self.demo = Demo(self.lab, self.work)
         self.addCleanup(self.demo.stop_all)
         home_cfg, self.client_cfg = self.demo.write_configs(relay=True)
+        self.configure(home_cfg, self.client_cfg)
         self.demo.twistd("ha", "smobility-home", home_cfg, "home.log")
         self.demo.start_relay()
+
+    def configure(self, home: Path, client: Path) -> None:
+        """Change the written configurations before anything starts (subclasses)."""
 
     def log(self, name: str) -> str:
         p = self.work / f"{name}.log"
@@ -299,3 +303,49 @@ class RelayRoamingTests(LabRoaming):
         self.wait_flowing()
         self.assertTrue(self.demo.probe(), self.why())
         self.assert_survived(self.finish(clients))
+
+
+class RelayIKETests(LabRoaming):
+    """Figure 6 as the seed has it: the client runs IKE with home right after registering,
+    through the relay, and its CHILD_SA keys its end-to-end ESP; the relay never sees it."""
+
+    def configure(self, home: Path, client: Path) -> None:
+        from tests.test_ike_roaming import _ike_configs
+
+        text = home.read_text()
+        relay = text[text.index("[[relay]]"):]
+        _ike_configs(home, client, self.work / "keys", pubkey=False)
+        home.write_text(home.read_text() + "\n" + relay)
+
+    def wait_ike(self, timeout: float = 30.0) -> dict[str, Any]:
+        assert self.demo is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.demo.status()
+            if st.get("ike", {}).get("ike_sas") and st.get("tunnel", {}).get("routes"):
+                return st
+            time.sleep(0.1)
+        self.fail(f"no IKE SA through the relay: {self.demo.status()}\n{self.why()}")
+
+    def test_ike_through_the_relay_then_moves(self) -> None:
+        assert self.demo is not None
+        self.start_client("v4")
+        st = self.wait_path("relay")
+        st = self.wait_ike()
+        route = st["tunnel"]["routes"][0]
+        # IKE keys, not the demo's manual SPIs.
+        self.assertNotIn(route["spi_in"], ("0x00001001", "0x00002001"))
+        clients = self.streams()
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.go("v1")
+        self.wait_path("udp")
+        self.wait_flowing()
+        self.go("v4")
+        self.wait_path("relay")
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.assert_survived(self.finish(clients))
+        # One IKE SA all along, made through the relay (from its address and port).
+        self.assertEqual(self.log("client").count("IKE: initiating"), 1, self.why())
+        self.assertRegex(self.log("home"), r"IKE: IKE SA .*172\.31\.4\.2", self.why())
