@@ -196,6 +196,7 @@ class HomeAgentService(service.MultiService):
             "counters": engine.counters,
             "tunnel": lambda: self.data_plane.engine.stats() if self.data_plane else None,
             "ike": lambda: self.ike.stats() if self.ike else None,
+            "relays": lambda: dict(self.ipip.counters) if self.ipip else None,
             "service": self,
         }
         try:
