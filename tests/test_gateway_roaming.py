@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from smobility.demo.roam import NETS, Demo
-from tests.test_relay_roaming import LabRoaming
+from tests.labroaming import LabRoaming
 from tests.util import require_root, require_tool, skip_or_fail
-
-NETS = dict(NETS, v4="192.168.104.0/24", v5="192.168.105.0/24")
 
 
 class _GatewayBase(LabRoaming):

@@ -13,20 +13,18 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import signal
 import string
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from smobility.demo.roam import CN, HOA, NETS, Demo
+from smobility.demo.roam import NETS, Demo
+from tests.labroaming import LabRoaming
 from tests.util import require_root, require_tool
 
 
-class _Base(SynchronousTestCase):
+class _Base(LabRoaming):
     """The lab with the HTTP path; the proxy in V3 is ``proxy_kind``."""
 
     proxy_kind = "squid"
@@ -65,40 +63,6 @@ class _Base(SynchronousTestCase):
         self.lab.move(net)
         addr = self.lab.wait_address(NETS[net])
         return self.demo.wait_state("registered", str(addr.ip), timeout=40)
-
-    def streams(self) -> list[Any]:
-        """One TCP stream each way through the tunnel, plus the probe server."""
-        assert self.demo is not None
-        w = self.work
-        self.demo.stream("mn", "server", "--bind", HOA, "--port", "5001",
-                         "--stats", str(w / "s-in.json"), log="s-in.log")  # fmt: skip
-        self.demo.stream("cn", "server", "--bind", CN, "--port", "5002",
-                         "--stats", str(w / "s-out.json"), log="s-out.log")  # fmt: skip
-        time.sleep(0.5)
-        return [
-            self.demo.stream("cn", "client", "--bind", CN, "--connect", HOA, "--port", "5001",
-                             "--stats", str(w / "c-in.json"), "--rate-kbps", "400",
-                             log="c-in.log"),
-            self.demo.stream("mn", "client", "--bind", HOA, "--connect", CN, "--port", "5002",
-                             "--stats", str(w / "c-out.json"), "--rate-kbps", "400",
-                             log="c-out.log"),
-        ]  # fmt: skip
-
-    def finish(self, clients: list[Any]) -> dict[str, Any]:
-        for proc in clients:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-        time.sleep(0.5)
-        names = ("c-in", "c-out", "s-in", "s-out")
-        return {n: json.loads((self.work / f"{n}.json").read_text()) for n in names}
-
-    def assert_survived(self, stats: dict[str, Any]) -> None:
-        for name in ("c-in", "c-out"):
-            self.assertEqual(stats[name]["resets"], 0, (name, stats[name]))
-            self.assertTrue(stats[name]["open_at_end"], (name, stats[name]))
-        for name in ("s-in", "s-out"):
-            self.assertEqual(stats[name]["resets"], 0, (name, stats[name]))
-            self.assertEqual(stats[name]["connections"], 1, (name, stats[name]))
 
     def check_v3_streams_and_inbound(self) -> None:
         """In V3 only HTTPS through its proxy works: streams both ways and inbound connections."""
