@@ -36,13 +36,13 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from smobility.adapters.reader import SocketReader
 from smobility.wire.errors import WireError
 from smobility.wire.ipip import PROTO_IPIP, decapsulate, parse_udp_packet, udp_packet
 
@@ -83,18 +83,12 @@ def _packed(address: str, what: str) -> bytes:
         raise ValueError(f"{what} {address!r} is not an IPv4 address") from None
 
 
-def _default_reactor() -> IReactorFDSet:
-    from twisted.internet import reactor
-
-    return cast(IReactorFDSet, reactor)
-
-
 def _raw_socket() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_IPIP)
 
 
 @implementer(IReadDescriptor)
-class IPIPSocket:
+class IPIPSocket(SocketReader):
     """
     UDP datagrams to and from known peers, IP in IP over a raw socket.
 
@@ -143,13 +137,6 @@ class IPIPSocket:
         self._prefix = f"IPIPSocket({local})"
         self._last_unknown_warning: float | None = None
         self._warned: set[str] = set()
-
-    @property
-    def reactor(self) -> Any:
-        """The reactor this socket registers with (the global one unless injected)."""
-        if self._reactor is None:
-            self._reactor = _default_reactor()
-        return self._reactor
 
     @property
     def peers(self) -> frozenset[str]:
@@ -223,39 +210,6 @@ class IPIPSocket:
                 except OSError:
                     continue
                 break
-
-    def close(self) -> None:
-        """Stop reading and close the socket; twice is fine."""
-        self.stopReading()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-
-    def startReading(self) -> None:  # noqa: N802 - Twisted's spelling
-        """Register with the reactor (done by L{open})."""
-        if self._sock is not None and not self._reading:
-            self.reactor.addReader(self)
-            self._reading = True
-
-    def stopReading(self) -> None:  # noqa: N802 - Twisted's spelling
-        """Stop reading (packets queue in the kernel, then are dropped there)."""
-        if self._reading:
-            self.reactor.removeReader(self)
-            self._reading = False
-
-    # -- IReadDescriptor
-
-    def fileno(self) -> int:
-        """The socket's descriptor, or -1 once closed."""
-        return -1 if self._sock is None else self._sock.fileno()
-
-    def logPrefix(self) -> str:  # noqa: N802 - Twisted's spelling
-        """How the reactor names us in its logs."""
-        return self._prefix
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's spelling
-        """The reactor gave up on the descriptor: close it."""
-        self.close()
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's spelling
         """

@@ -35,6 +35,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from smobility.adapters.reader import default_reactor
+
 # Multicast groups of NETLINK_ROUTE (linux/rtnetlink.h).
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
@@ -451,12 +453,6 @@ class Netlink:
         self._ipr.close()
 
 
-def _default_reactor() -> IReactorFDSet:
-    from twisted.internet import reactor
-
-    return cast(IReactorFDSet, reactor)
-
-
 def message_kinds(data: bytes) -> set[str]:
     """The kinds (C{"link"}, C{"address"}, C{"route"}) of the netlink messages in C{data}."""
     kinds: set[str] = set()
@@ -508,7 +504,7 @@ class LinkWatcher:
     def reactor(self) -> IReactorFDSet:
         """The reactor this watcher registers with (the global one unless injected)."""
         if self._reactor is None:
-            self._reactor = _default_reactor()
+            self._reactor = default_reactor()
         return self._reactor
 
     def start(self) -> None:

@@ -35,12 +35,13 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from smobility.adapters.reader import SocketReader
 
 SOL_UDP = 17
 """The socket option level of UDP (C{IPPROTO_UDP})."""
@@ -95,14 +96,8 @@ class UDPError(Exception):
         self.socket_error = socket_error
 
 
-def _default_reactor() -> IReactorFDSet:
-    from twisted.internet import reactor
-
-    return cast(IReactorFDSet, reactor)
-
-
 @implementer(IReadDescriptor)
-class UDPSocket:
+class UDPSocket(SocketReader):
     """
     A non-blocking IPv4 UDP socket read by the reactor, batched both ways.
 
@@ -150,13 +145,6 @@ class UDPSocket:
         self._prefix = "UDPSocket"
         self._reading = False
         self._warned: set[str] = set()
-
-    @property
-    def reactor(self) -> IReactorFDSet:
-        """The reactor this socket registers with (the global one unless injected)."""
-        if self._reactor is None:
-            self._reactor = _default_reactor()
-        return self._reactor
 
     # -- life cycle
 
@@ -221,40 +209,11 @@ class UDPSocket:
         """Like a Twisted port: where the socket is bound."""
         return self.address
 
-    def startReading(self) -> None:  # noqa: N802 - Twisted's spelling
-        """Register with the reactor (done by L{listen})."""
-        if self._sock is not None and not self._reading:
-            self.reactor.addReader(self)
-            self._reading = True
-
-    def stopReading(self) -> None:  # noqa: N802 - Twisted's spelling
-        """Stop reading (datagrams queue in the kernel, then are dropped there)."""
-        if self._reading:
-            self.reactor.removeReader(self)
-            self._reading = False
-
-    def close(self) -> None:
-        """Stop reading and close the socket; twice is fine."""
-        self.stopReading()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-
-    stopListening = close  # noqa: N815 - Twisted's spelling, for callers used to ports
+    def stopListening(self) -> None:  # noqa: N802 - Twisted's spelling, for callers used to ports
+        """Close, as a Twisted port would."""
+        self.close()
 
     # -- IReadDescriptor
-
-    def fileno(self) -> int:
-        """The socket's descriptor, or -1 once closed."""
-        return -1 if self._sock is None else self._sock.fileno()
-
-    def logPrefix(self) -> str:  # noqa: N802 - Twisted's spelling
-        """How the reactor names us in its logs (asked at every wake-up: no system call)."""
-        return self._prefix
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's spelling
-        """The reactor gave up on the descriptor: close it."""
-        self.close()
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's spelling
         """
