@@ -628,6 +628,25 @@ class TunOffloadTests(SynchronousTestCase):
         self.assertTrue(all(p[0] == 0x46 for p in got))
         self.assertEqual(b"".join(p[24 + 32 :] for p in got), data)
 
+    def test_checksum_zero_written_as_other_stacks_write_it(self) -> None:
+        """A TCP sum folding to 0xFFFF gives checksum 0x0000 (scapy, RFC 1071); UDP 0xFFFF.
+
+        Found by the round trip below (a random payload, about once in 65535
+        segments): segments got 0xFFFF where scapy writes 0x0000.
+        """
+        from scapy.layers.inet import IP
+
+        first = tcp(1, b"\0\0", options=[])
+        word = IP(first).payload.chksum
+        packet = tcp(1, struct.pack("!H", word), options=[])
+        self.assertEqual(IP(packet).payload.chksum, 0)
+        self.assertEqual(tso_segments(packet, 1400), [packet])
+        segment = tcp(1, bytes(600) + struct.pack("!H", word), options=[])
+        self.assertTrue(all(checksums_ok(p) for p in tso_segments(segment, 300)))
+        # UDP: the same sum is sent as 0xFFFF (zero means "no checksum").
+        udp = bytes(20) + struct.pack("!HHHH", 0xFFF7, 0, 8, 0)  # words sum to 0xFFFF
+        self.assertEqual(complete_checksum(udp, 20, 6)[26:28], b"\xff\xff")
+
     def test_tso_gro_round_trip(self) -> None:
         """Segmenting then joining gives back the super-packet, for many sizes."""
         from hypothesis import given, settings

@@ -39,12 +39,14 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from smobility.adapters.reader import default_reactor
 
 TUN_PATH = "/dev/net/tun"
 """The clone device every TUN device is created through."""
@@ -362,12 +364,6 @@ class MemoryTunSystem:
         return device
 
 
-def _default_reactor() -> IReactorFDSet:
-    from twisted.internet import reactor
-
-    return cast(IReactorFDSet, reactor)
-
-
 # -- offloads: virtio headers, TSO segmentation, GRO coalescing
 #
 # Checksums here are sums of big-endian 16-bit words taken modulo 0xFFFF:
@@ -433,9 +429,21 @@ def _folds(length: int) -> list[tuple[int, int]]:
 _FOLDS = [_folds(n) if n >= 3 else [] for n in range(17)]
 
 
+_UDP_CSUM_OFFSET = 6
+"""Where a UDP header holds its checksum (a virtio C{csum_offset} of 6 is UDP's)."""
+
+
 def _fold_complement(total: int) -> int:
-    """The checksum field for a word sum C{total}: ~sum in 16 bits (0xFFFF, never 0)."""
-    return 0xFFFF - total % 0xFFFF
+    """The checksum field for a word sum C{total}: the one's complement of its 16-bit fold.
+
+    As RFC 1071 computes it (and as every other stack writes it): a sum that
+    folds to 0xFFFF gives 0x0000.  UDP sends that as 0xFFFF (RFC 768), see
+    L{complete_checksum}.
+    """
+    folded = total % 0xFFFF
+    if folded == 0 and total:
+        folded = 0xFFFF
+    return 0xFFFF - folded
 
 
 def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
@@ -451,6 +459,8 @@ def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
     if at + 2 > len(packet) or start < 0:
         raise ValueError("checksum field outside the packet")
     csum = _fold_complement(_word_sum(packet[start:]))
+    if csum == 0 and offset == _UDP_CSUM_OFFSET:
+        csum = 0xFFFF  # RFC 768: a UDP checksum of zero means "none"
     return packet[:at] + _U16.pack(csum) + packet[at + 2 :]
 
 
@@ -696,7 +706,7 @@ class TunDevice:
     def reactor(self) -> IReactorFDSet:
         """The reactor this device registers with (the global one unless injected)."""
         if self._reactor is None:
-            self._reactor = _default_reactor()
+            self._reactor = default_reactor()
         return self._reactor
 
     # -- life cycle
