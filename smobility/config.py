@@ -26,7 +26,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,6 +51,8 @@ __all__ = [
     "MobileNodeConfig",
     "MuxConfig",
     "RelayConfig",
+    "RelayHomeAgentConfig",
+    "RelayIKEConfig",
     "RelayPeerConfig",
     "VisitorConfig",
     "load_client",
@@ -333,6 +335,10 @@ class TransportConfig:
     agent at ``inside_home_agent`` inside that tunnel.
 
     ``port`` is only read for "relay" (default 434) and "gateway" (4500).
+    A "relay" transport has ``mode`` "forward" (the client's own ESP and IKE
+    with home pass through the relay) or "terminate" (the relay ends them:
+    ``ike`` is then the client's IKEv2 with the relay, whose
+    ``home_agent_identity`` is the identity the relay must prove).
     The ``repr`` never shows a key, a token or a secret.
     """
 
@@ -354,12 +360,14 @@ class TransportConfig:
     gateway: IPv4Address | None = None
     inside_home_agent: IPv4Address | None = None
     ike: ClientIKEConfig | None = None
+    mode: str = "forward"
 
     def __repr__(self) -> str:
         if self.kind == "relay":
             return (
                 f"TransportConfig(kind='relay', relay={self.relay}:{self.port}, "
-                f"esp_port={self.esp_port}, auth={self.auth!r})"
+                f"esp_port={self.esp_port}, mode={self.mode!r}, auth={self.auth!r}, "
+                f"ike={self.ike!r})"
             )
         if self.kind == "gateway":
             return (
@@ -427,10 +435,17 @@ class RelayPeerConfig:
 
     ``auth`` is the Foreign-Home security association: the relay appends its
     authenticator to the registrations it forwards (RFC 5944 3.5.4).
+    ``ike_identity`` (with ``ike_auth`` and ``psk``) lets the relay run IKEv2
+    with the home agent on behalf of the clients registered through it (a
+    relay in "terminate" mode); ``None``: the relay only forwards.
     """
 
     address: IPv4Address
     auth: AuthKey
+    ike_identity: str | None = None
+    ike_identity_kind: str = "fqdn"
+    ike_auth: str = "psk"
+    psk: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -439,11 +454,53 @@ class VisitorConfig:
 
     Identified by ``home_address`` when given, else by ``name`` (a plain name
     or the client's NAI); ``auth`` is the Mobile-Foreign security association.
+    ``ike_identity`` (and ``psk`` with shared keys) is how the client proves
+    itself in IKEv2 with a relay in "terminate" mode.
     """
 
     name: str
     home_address: IPv4Address | None
     auth: AuthKey
+    ike_identity: str | None = None
+    ike_identity_kind: str = "fqdn"
+    psk: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class RelayIKEConfig:
+    """The relay's own IKEv2 (the ``[ike]`` table of a relay in "terminate" mode).
+
+    The relay answers its visitors' IKE (they prove ``[[visitor]]``
+    ``ike_identity``) and starts IKE with each visitor's home agent on its
+    behalf.  ``auth`` "psk": the secrets of ``[[visitor]]`` and
+    ``[[home_agent]]``; "pubkey": the relay's ``cert``/``key`` from the home
+    CA (``ca_file``), which the visitors and home agents present too.
+    """
+
+    identity: str
+    identity_kind: str
+    auth: str
+    params: IKEParameters
+    cert: Path | None
+    key: Path | None
+    ca_file: Path | None
+
+    def __repr__(self) -> str:
+        return f"RelayIKEConfig(identity={self.identity!r}, auth={self.auth!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class RelayHomeAgentConfig:
+    """A home agent of the relay's (a ``[[home_agent]]`` table)."""
+
+    address: IPv4Address
+    auth: AuthKey
+    ike_identity: str
+    ike_identity_kind: str
+    psk: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"RelayHomeAgentConfig(address={self.address}, ike_identity={self.ike_identity!r})"
 
 
 @dataclass(frozen=True)
@@ -499,6 +556,8 @@ class RelayConfig:
     warnings: tuple[str, ...]
     mode: str = RELAY_MODES[0]
     esp_port: int = 4500
+    ike: RelayIKEConfig | None = None
+    home_agent_ike: tuple[RelayHomeAgentConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -983,7 +1042,7 @@ _TRANSPORT_KIND_KEYS: dict[str, tuple[str, ...]] = {
         "mux_host", "mux_port", "tls", "tls_name", "ca_file", "token_file", "token", "upload",
         "proxy", "outer_proxy",
     ),
-    "relay": ("relay", "port", "esp_port") + _AUTH_KEYS,
+    "relay": ("relay", "port", "esp_port", "mode", "ike") + _AUTH_KEYS,
     "gateway": (
         "gateway", "port", "inside_home_agent", "auth", "identity", "gateway_identity", "psk",
         "psk_file", "cert", "key", "ca_file",
@@ -1066,8 +1125,42 @@ def _read_relay_transport(
             "different from its registration port",
         )
     auth = _read_auth(t)
+    mode = t.choice("mode", RELAY_MODES, RELAY_MODES[0])
+    ike = None
+    i = t.subtable("ike", _RELAY_TRANSPORT_IKE_KEYS, required=mode == "terminate")
+    if i is not None and mode != "terminate":
+        t.fail("ike", 'is only read with mode = "terminate"', 'mode = "terminate", or no [ike]')
+    if i is not None:
+        ike = _read_peer_ike(i, "relay_identity", str(relay), "the relay")
     return TransportConfig(
-        "relay", fallback, relay=relay, port=port, esp_port=esp_port, auth=auth
+        "relay", fallback, relay=relay, port=port, esp_port=esp_port, auth=auth, mode=mode,
+        ike=ike,
+    )
+
+
+_RELAY_TRANSPORT_IKE_KEYS = (
+    "identity", "auth", "psk", "psk_file", "cert", "key", "ca_file", "relay_identity",
+) + ("proposals", "esp_proposals", "lifetime", "child_lifetime", "liveness")
+
+
+def _read_peer_ike(i: _Reader, peer_key: str, peer_default: str, peer: str) -> ClientIKEConfig:
+    """An initiator's IKE table: our identity and credentials, the identity ``peer`` must prove."""
+    identity, kind = _ike_identity(i, "identity")
+    auth = i.choice("auth", _IKE_AUTH, "psk")
+    psk = _ike_psk(i, auth == "psk")
+    peer_identity, peer_kind = _ike_identity(i, peer_key, peer_default)
+    cert = i.optional_path("cert", "a path to the client's certificate (PEM)")
+    key = i.optional_path("key", "a path to the client's private key (PEM)")
+    ca_file = i.optional_path("ca_file", f"a path to the CA certificate of {peer} (PEM)")
+    for name, value in (("cert", cert), ("key", key), ("ca_file", ca_file)):
+        if auth == "pubkey" and value is None:
+            i.fail(name, 'required key is missing (auth is "pubkey")', "a PEM file path")
+        if auth == "psk" and value is not None:
+            i.warn(name, 'is ignored because auth is "psk"')
+    return ClientIKEConfig(
+        identity=identity, identity_kind=kind, auth=auth, psk=psk,
+        home_agent_identity=peer_identity, home_agent_identity_kind=peer_kind,
+        params=_ike_params(i), cert=cert, key=key, ca_file=ca_file,
     )
 
 
@@ -1364,7 +1457,7 @@ _NODE_KEYS = (
     "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp", "ike",
 ) + _AUTH_KEYS
 _MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
-_HOME_RELAY_KEYS = ("address",) + _AUTH_KEYS
+_HOME_RELAY_KEYS = ("address", "ike_identity", "ike_auth", "psk", "psk_file") + _AUTH_KEYS
 
 
 def _read_addresses(r: _Reader) -> tuple[IPv4Address, ...]:
@@ -1403,7 +1496,19 @@ def _read_home_relays(
         seen.check(r, "address", address, str(address))
         auth = _read_auth(r)
         spis.check(r, "spi", auth.spi, f"SPI {auth.spi}")
-        relays.append(RelayPeerConfig(address=address, auth=auth))
+        if not r.has("ike_identity"):
+            for name in ("ike_auth", "psk", "psk_file"):
+                if r.has(name):
+                    r.fail(name, "is only read with ike_identity",
+                           "ike_identity (the relay's IKE identity), or no IKE keys")  # fmt: skip
+            relays.append(RelayPeerConfig(address=address, auth=auth))
+            continue
+        ike_identity, ike_kind = _ike_identity(r, "ike_identity")
+        ike_auth = r.choice("ike_auth", _IKE_AUTH, "psk")
+        relays.append(RelayPeerConfig(
+            address=address, auth=auth, ike_identity=ike_identity, ike_identity_kind=ike_kind,
+            ike_auth=ike_auth, psk=_ike_psk(r, ike_auth == "psk"),
+        ))  # fmt: skip
     return tuple(relays)
 
 
@@ -1651,12 +1756,13 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
 # ---------------------------------------------------------------------------
 # Relay
 
-_RELAY_TOP = ("relay", "home_agent", "visitor")
+_RELAY_TOP = ("relay", "home_agent", "visitor", "ike")
+_RELAY_IKE_KEYS = ("identity", "auth", "cert", "key", "ca_file") + _IKE_PARAM_KEYS
 _RELAY_KEYS = (
     "listen", "port", "address", "max_lifetime", "pending_timeout", "mode", "esp_port",
 )
-_RELAY_HA_KEYS = ("address",) + _AUTH_KEYS
-_VISITOR_KEYS = ("name", "home_address") + _AUTH_KEYS
+_RELAY_HA_KEYS = ("address", "ike_identity", "psk", "psk_file") + _AUTH_KEYS
+_VISITOR_KEYS = ("name", "home_address", "ike_identity", "psk", "psk_file") + _AUTH_KEYS
 _VISITOR_EXPECTED = (
     "a name of 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-', "
     'or a network access identifier such as "laptop@example.org"'
@@ -1692,7 +1798,21 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
             "the registration port",
         )
 
+    ike = _read_relay_ike(top, mode, address)
+    ike_psk = ike is not None and ike.auth == "psk"
+
+    def ike_keys(r: _Reader, identity_default: str | _Missing) -> tuple[str, str, bytes]:
+        """The IKE identity and secret of a peer of a terminating relay."""
+        if ike is None:
+            for name in ("ike_identity", "psk", "psk_file"):
+                if r.has(name):
+                    r.warn(name, 'is ignored because relay.mode is not "terminate"')
+            return "", "fqdn", b""
+        identity, kind = _ike_identity(r, "ike_identity", identity_default)
+        return identity, kind, _ike_psk(r, ike_psk)
+
     home_agents: list[tuple[IPv4Address, AuthKey]] = []
+    ha_ike: list[RelayHomeAgentConfig] = []
     ha_addresses = _Unique("home agent address")
     ha_spis = _Unique("SPI")
     for h in top.array_of_tables("home_agent", _RELAY_HA_KEYS, minimum=1):
@@ -1701,6 +1821,9 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         auth = _read_auth(h)
         ha_spis.check(h, "spi", auth.spi, f"SPI {auth.spi}")
         home_agents.append((ha, auth))
+        identity, kind, psk = ike_keys(h, str(ha))
+        if ike is not None:
+            ha_ike.append(RelayHomeAgentConfig(ha, auth, identity, kind, psk))
 
     visitors: list[VisitorConfig] = []
     v_names = _Unique("visitor name")
@@ -1728,13 +1851,45 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
             v_addresses.check(v, "home_address", home_address, str(home_address))
         auth = _read_auth(v)
         v_spis.check(v, "spi", auth.spi, f"SPI {auth.spi}")
-        visitors.append(VisitorConfig(name=vname, home_address=home_address, auth=auth))
+        if ike is not None and home_address is None:
+            v.fail("home_address", 'required key is missing (relay.mode is "terminate")',
+                   "the client's home address: the traffic selector of its SAs")  # fmt: skip
+        identity, kind, psk = ike_keys(v, _REQUIRED)
+        visitors.append(VisitorConfig(
+            name=vname, home_address=home_address, auth=auth,
+            ike_identity=identity or None, ike_identity_kind=kind, psk=psk,
+        ))  # fmt: skip
 
     return RelayConfig(
         path=ctx.path, listen=listen, port=port, address=address,
         home_agents=tuple(home_agents), visitors=tuple(visitors),
         max_lifetime=max_lifetime, pending_timeout=pending_timeout,
-        warnings=tuple(ctx.warnings), mode=mode, esp_port=esp_port,
+        warnings=tuple(ctx.warnings), mode=mode, esp_port=esp_port, ike=ike,
+        home_agent_ike=tuple(ha_ike),
+    )
+
+
+def _read_relay_ike(top: _Reader, mode: str, address: IPv4Address) -> RelayIKEConfig | None:
+    """The relay's [ike] table: required in "terminate" mode, refused in "forward" mode."""
+    i = top.subtable("ike", _RELAY_IKE_KEYS, required=mode == "terminate")
+    if i is None:
+        return None
+    if mode != "terminate":
+        top.fail("ike", 'is only read with relay.mode = "terminate"',
+                 'mode = "terminate", or no [ike] table')  # fmt: skip
+    identity, kind = _ike_identity(i, "identity", str(address))
+    auth = i.choice("auth", _IKE_AUTH, "psk")
+    cert = i.optional_path("cert", "a path to the relay's certificate (PEM)")
+    key = i.optional_path("key", "a path to the relay's private key (PEM)")
+    ca_file = i.optional_path("ca_file", "a path to the home server's CA certificate (PEM)")
+    for name, value in (("cert", cert), ("key", key), ("ca_file", ca_file)):
+        if auth == "pubkey" and value is None:
+            i.fail(name, 'required key is missing (auth is "pubkey")', "a PEM file path")
+        if auth == "psk" and value is not None:
+            i.warn(name, 'is ignored because auth is "psk"')
+    return RelayIKEConfig(
+        identity=identity, identity_kind=kind, auth=auth, params=_ike_params(i),
+        cert=cert, key=key, ca_file=ca_file,
     )
 
 

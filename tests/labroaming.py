@@ -31,6 +31,8 @@ class LabRoaming(SynchronousTestCase):
     lab: Any = None
     demo: Demo | None = None
     work: Path
+    #: The relay's mode: True ("forward") or "terminate".
+    relay_mode: bool | str = True
 
     def setUp(self) -> None:
         require_root(self)
@@ -46,7 +48,7 @@ class LabRoaming(SynchronousTestCase):
         self.lab.up()
         self.demo = Demo(self.lab, self.work)
         self.addCleanup(self.demo.stop_all)
-        home_cfg, self.client_cfg = self.demo.write_configs(relay=True)
+        home_cfg, self.client_cfg = self.demo.write_configs(relay=self.relay_mode)
         self.configure(home_cfg, self.client_cfg)
         self.demo.twistd("ha", "smobility-home", home_cfg, "home.log")
         self.demo.start_relay()
@@ -65,7 +67,7 @@ class LabRoaming(SynchronousTestCase):
         assert self.demo is not None
         self.lab.move(net)
         self.lab.wait_address(NETS[net])
-        self.demo.twistd("mn", "smobility-client", self.client_cfg, "client.log")
+        self.client_proc = self.demo.twistd("mn", "smobility-client", self.client_cfg, "client.log")
         try:
             return self.demo.wait_state("registered", None, timeout=40)
         except SystemExit as e:

@@ -1204,9 +1204,8 @@ class RelayTests(ConfigTestCase):
 
     def test_mode(self) -> None:
         """mode: "forward" (default) or "terminate"."""
-        for mode in ("forward", "terminate"):
-            c = self.load(edit(RELAY, ("[relay]\n", f'[relay]\nmode = "{mode}"\n')))
-            self.assertEqual(c.mode, mode)
+        c = self.load(edit(RELAY, ("[relay]\n", '[relay]\nmode = "forward"\n')))
+        self.assertEqual((c.mode, c.ike), ("forward", None))
         self.fails(
             edit(RELAY, ("[relay]\n", '[relay]\nmode = "nat"\n')),
             "relay.mode",
@@ -1293,7 +1292,7 @@ class RelayTests(ConfigTestCase):
             RELAY + VISITOR + "addr = '1.2.3.4'\n",
             "visitor[0].addr",
             "unknown key",
-            "algorithm, home_address, key, key_file, name, spi",
+            "algorithm, home_address, ike_identity, key, key_file, name, psk, psk_file, spi",
         )
 
     def test_visitorKeyMissing(self) -> None:
@@ -1628,7 +1627,7 @@ class HomeRelayTests(ConfigTestCase):
             HOME + HOME_RELAY + "port = 434\n",
             "relay[0].port",
             "unknown key",
-            "address, algorithm, key, key_file, spi",
+            "address, algorithm, ike_auth, ike_identity, key, key_file, psk, psk_file, spi",
         )
 
     def test_singleTable(self) -> None:
@@ -1980,3 +1979,157 @@ class TransportTests(ConfigTestCase):
             CLIENT + '\n[[transport]]\nkind = "udp"\n' + RELAY_TRANSPORT + GATEWAY_TRANSPORT
         )
         self.assertEqual([t.label() for t in c.transports], ["udp", "relay", "gateway"])
+
+
+TERMINATE = edit(RELAY, ("[relay]\n", '[relay]\nmode = "terminate"\n')) + """psk_file = "keys/psk"
+
+[ike]
+identity = "relay.example"
+"""
+TERMINATE_VISITOR = """
+[[visitor]]
+name = "laptop"
+home_address = "10.10.0.10"
+spi = 3000
+key_file = "keys/node.key"
+ike_identity = "laptop.example"
+psk_file = "keys/psk"
+"""
+
+
+class RelayTerminateConfigTests(ConfigTestCase):
+    """A relay in "terminate" mode: its [ike] table and the IKE keys of its peers."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def load(self, text: str) -> RelayConfig:
+        return load_relay(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_relay, text, key, *fragments)
+
+    def test_terminate(self) -> None:
+        """The relay's identity, each home agent's and each visitor's, with their secrets."""
+        c = self.load(TERMINATE + TERMINATE_VISITOR)
+        self.assertEqual(c.mode, "terminate")
+        assert c.ike is not None
+        self.assertEqual((c.ike.identity, c.ike.identity_kind, c.ike.auth),
+                         ("relay.example", "fqdn", "psk"))  # fmt: skip
+        (ha,) = c.home_agent_ike
+        # The home agent's identity defaults to its address.
+        self.assertEqual((ha.ike_identity, ha.ike_identity_kind), ("192.0.2.1", "ipv4"))
+        self.assertEqual(ha.psk, b"a-long-enough-shared-secret")
+        (v,) = c.visitors
+        self.assertEqual(
+            (v.ike_identity, v.psk), ("laptop.example", b"a-long-enough-shared-secret")
+        )
+        self.assertNotIn("a-long-enough", repr(c))
+
+    def test_ike_required(self) -> None:
+        self.fails(
+            edit(RELAY, ("[relay]\n", '[relay]\nmode = "terminate"\n')),
+            "ike", "required section is missing", "[ike]",
+        )
+
+    def test_ike_refused_in_forward_mode(self) -> None:
+        self.fails(RELAY + '\n[ike]\nidentity = "relay.example"\n', "ike", 'mode = "terminate"')
+
+    def test_visitor_needs_identity_and_home_address(self) -> None:
+        self.fails(
+            TERMINATE + TERMINATE_VISITOR.replace('ike_identity = "laptop.example"\n', ""),
+            "visitor[0].ike_identity", "required",
+        )
+        self.fails(
+            TERMINATE + TERMINATE_VISITOR.replace('home_address = "10.10.0.10"\n', ""),
+            "visitor[0].home_address", "required key is missing", "traffic selector",
+        )
+
+    def test_psk_required_and_checked(self) -> None:
+        self.fails(
+            TERMINATE.replace('psk_file = "keys/psk"\n', "") + TERMINATE_VISITOR,
+            "home_agent[0].psk", "neither psk nor psk_file",
+        )
+        self.fails(
+            TERMINATE + TERMINATE_VISITOR.replace('psk_file = "keys/psk"', 'psk = "short"'),
+            "visitor[0].psk", "5 characters long",
+        )
+
+    def test_pubkey_needs_credentials(self) -> None:
+        text = TERMINATE.replace('identity = "relay.example"', 'identity = "relay.example"\n'
+                                 'auth = "pubkey"')  # fmt: skip
+        self.fails(text + TERMINATE_VISITOR, "ike.cert", "required key is missing")
+
+    def test_ike_keys_warned_in_forward_mode(self) -> None:
+        c = self.load(RELAY + 'ike_identity = "ha.example"\n')
+        (warning,) = c.warnings
+        self.assertIn("home_agent[0].ike_identity", warning)
+        self.assertIn("ignored", warning)
+
+
+class HomeRelayIKEConfigTests(ConfigTestCase):
+    """[[relay]] ike_identity: the home agent accepts the relay's IKE for its visitors."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def test_ike_identity(self) -> None:
+        c = load_home(self.write(HOME + HOME_RELAY + 'ike_identity = "relay.example"\n'
+                                 'psk_file = "keys/psk"\n'))  # fmt: skip
+        (r,) = c.relays
+        self.assertEqual((r.ike_identity, r.ike_auth, r.psk),
+                         ("relay.example", "psk", b"a-long-enough-shared-secret"))  # fmt: skip
+        self.assertNotIn("a-long-enough", repr(r))
+
+    def test_without_ike_identity_no_ike_keys(self) -> None:
+        self.assertError(
+            load_home, HOME + HOME_RELAY + 'psk_file = "keys/psk"\n', "relay[0].psk_file",
+            "only read with ike_identity",
+        )
+
+    def test_psk_required(self) -> None:
+        self.assertError(
+            load_home, HOME + HOME_RELAY + 'ike_identity = "relay.example"\n', "relay[0].psk",
+            "neither psk nor psk_file",
+        )
+
+
+class RelayTransportTerminateTests(ConfigTestCase):
+    """A relay transport with mode = "terminate" and its [transport.ike]."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def test_terminate(self) -> None:
+        c = load_client(self.write(CLIENT + RELAY_TRANSPORT + 'mode = "terminate"\n\n'
+                                   '[transport.ike]\nidentity = "laptop.example"\n'
+                                   'psk_file = "keys/psk"\nrelay_identity = "relay.example"\n'))
+        (t,) = c.transports
+        self.assertEqual(t.mode, "terminate")
+        assert t.ike is not None
+        self.assertEqual((t.ike.identity, t.ike.home_agent_identity),
+                         ("laptop.example", "relay.example"))  # fmt: skip
+        self.assertNotIn("a-long-enough", repr(t))
+        # The relay's identity defaults to its address.
+        c = load_client(self.write(CLIENT + RELAY_TRANSPORT + 'mode = "terminate"\n\n'
+                                   '[transport.ike]\nidentity = "laptop.example"\n'
+                                   'psk_file = "keys/psk"\n'))
+        assert c.transports[0].ike is not None
+        self.assertEqual(c.transports[0].ike.home_agent_identity, "198.51.100.1")
+
+    def test_ike_required_with_terminate(self) -> None:
+        self.assertError(
+            load_client, CLIENT + RELAY_TRANSPORT + 'mode = "terminate"\n', "transport[0].ike",
+            "required section is missing",
+        )
+
+    def test_ike_refused_with_forward(self) -> None:
+        self.assertError(
+            load_client,
+            CLIENT + RELAY_TRANSPORT + '\n[transport.ike]\nidentity = "laptop.example"\n'
+            'psk_file = "keys/psk"\n',
+            "transport[0].ike", 'mode = "terminate"',
+        )

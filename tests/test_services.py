@@ -59,8 +59,8 @@ class OptionsTests(TestCase):
         e = self.assertRaises(usage.UsageError, home_tap.Options().parseOptions, ["-c", str(path)])
         self.assertIn("state_db", str(e))
 
-    def test_relay_mode_not_built_refuses_with_reason(self) -> None:
-        """mode = "terminate" (the relay's own SA with home) is refused with a sentence."""
+    def test_relay_terminate_without_ike_refused_with_reason(self) -> None:
+        """mode = "terminate" needs the relay's own IKE settings: one sentence names [ike]."""
         d = Path(self.mktemp()).resolve()
         d.mkdir()
         cfg = d / "relay.toml"
@@ -71,8 +71,9 @@ class OptionsTests(TestCase):
         )
         self.assertIn('mode = "terminate"', cfg.read_text())
         e = self.assertRaises(usage.UsageError, relay_tap.Options().parseOptions, ["-c", str(cfg)])
-        self.assertIn("relay.mode", str(e))
-        self.assertIn("not available in this version", str(e))
+        self.assertIn(str(cfg), str(e))
+        self.assertIn("ike", str(e))
+        self.assertIn("required section is missing", str(e))
 
     def test_twistd_prints_sentence_not_traceback(self) -> None:
         """The real twistd command: exit status non-zero, the sentence, no traceback."""

@@ -59,6 +59,7 @@ MUX_NAME = "mux.home.example"
 SOCKS_PORT = 1080
 PROXY_ADDR = "192.168.103.3"
 RELAY = "172.31.4.2"
+RELAY_ID = "relay.lab.example"
 GW_PUBLIC = "172.31.5.2"
 GW_ID = "gw.home.example"
 CLIENT_ID = "laptop.home.example"
@@ -167,13 +168,44 @@ password_file = "{keys / "proxy-password"}"
 
     # -- the relay path: a relay on the public side of the home firewall --
 
-    def setup_relay(self, home: Path) -> str:
-        """Keys and the relay's config; adds the relay to ``home``; the client's transport."""
+    def setup_relay(self, home: Path, mode: str = "forward") -> str:
+        """Keys and the relay's config; adds the relay to ``home``; the client's transport.
+
+        ``mode`` "terminate": the relay ends the client's ESP (IKEv2 with the
+        client, shared keys) and keys the way home with its own IKEv2 on the
+        client's behalf (the home agent gets an [ike] table for it).
+        """
         keys = self.work / "keys"
         for name in ("faha", "mnfa"):
             f = keys / name
             f.write_text(secrets.token_hex(16) + "\n")
             f.chmod(0o600)
+        terminate = mode == "terminate"
+        for name in ("relay-home-psk", "laptop-relay-psk") if terminate else ():
+            f = keys / name
+            f.write_text(secrets.token_hex(16) + "\n")
+            f.chmod(0o600)
+        relay_ike = home_ike = ha_ike = visitor_ike = client_ike = ""
+        if terminate:
+            home_ike = f"""ike_identity = "{RELAY_ID}"
+psk_file = "{keys / "relay-home-psk"}"
+
+[ike]
+liveness = 10
+"""
+            relay_ike = f'\n[ike]\nidentity = "{RELAY_ID}"\nliveness = 10\n'
+            ha_ike = f'psk_file = "{keys / "relay-home-psk"}"\n'
+            visitor_ike = (
+                f'ike_identity = "laptop.example"\npsk_file = "{keys / "laptop-relay-psk"}"\n'
+            )
+            client_ike = f"""mode = "terminate"
+
+[transport.ike]
+identity = "laptop.example"
+psk_file = "{keys / "laptop-relay-psk"}"
+relay_identity = "{RELAY_ID}"
+liveness = 10
+"""
         with home.open("a") as out:
             out.write(
                 f"""
@@ -181,26 +213,26 @@ password_file = "{keys / "proxy-password"}"
 address = "{RELAY}"
 spi = 2000
 key_file = "{keys / "faha"}"
-"""
+{home_ike}"""
             )
         (self.work / "relay.toml").write_text(
             f"""
 [relay]
 address = "{RELAY}"
-mode = "forward"
+mode = "{mode}"
 max_lifetime = 60
-
+{relay_ike}
 [[home_agent]]
 address = "{HA}"
 spi = 2000
 key_file = "{keys / "faha"}"
-
+{ha_ike}
 [[visitor]]
 name = "laptop"
 home_address = "{HOA}"
 spi = 3000
 key_file = "{keys / "mnfa"}"
-"""
+{visitor_ike}"""
         )
         return f"""
 [[transport]]
@@ -209,7 +241,7 @@ relay = "{RELAY}"
 spi = 3000
 key_file = "{keys / "mnfa"}"
 fallback_after = 2.5
-"""
+{client_ike}"""
 
     def start_relay(self) -> subprocess.Popen[bytes]:
         """Start the relay (namespace rl)."""
@@ -290,7 +322,7 @@ fallback_after = 4
     # -- set-up -------------------------------------------------------------
 
     def write_configs(
-        self, http: bool = False, relay: bool = False, gateway: str | None = None
+        self, http: bool = False, relay: bool | str = False, gateway: str | None = None
     ) -> tuple[Path, Path]:
         """The home agent's and the client's configs (and those of the paths asked for).
 
@@ -333,7 +365,8 @@ key_to_home_file = "{keys / "to_home"}"
 key_to_client_file = "{keys / "to_client"}"
 """
         )
-        middle = self.setup_relay(home) if relay else ""
+        mode = relay if isinstance(relay, str) else "forward"
+        middle = self.setup_relay(home, mode) if relay else ""
         if gateway is not None:
             middle += self.setup_gateway(gateway)
         if not middle:

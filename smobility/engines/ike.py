@@ -441,6 +441,9 @@ class PeerConfig:
     traffic selector).  ``local_ts`` / ``remote_ts``: the selectors allowed on
     our side and the peer's.  ``request_address``: (initiator) send a CP
     request for our inner address.  ``dns``: (responder) DNS servers for CP.
+    ``initial_contact``: (initiator) send INITIAL_CONTACT, which makes the
+    responder drop our other IKE SAs; off for a peer that keeps several at
+    once on purpose (a relay, one IKE SA per client it stands for).
     """
 
     identity: Identity | None
@@ -452,6 +455,7 @@ class PeerConfig:
     send_idr: bool = False
     dns: tuple[IPv4Address, ...] = ()
     auth: str = "psk"
+    initial_contact: bool = True
 
     def __post_init__(self) -> None:
         if self.auth not in ("psk", "pubkey"):
@@ -1487,7 +1491,8 @@ class IKEEngine:
             return
         # Order of section 1.2: IDi, [CERT,] [INITIAL_CONTACT,] [CERTREQ,] [IDr,] AUTH.
         inner: list[Payload] = [IDi(self.config.local_id), *auth[:-1]]
-        inner.append(Notify(ikev2.N_INITIAL_CONTACT))
+        if peer.initial_contact:
+            inner.append(Notify(ikev2.N_INITIAL_CONTACT))
         if peer.auth == "pubkey" and self.config.trust_anchors:
             inner.append(self._certreq())
         if peer.send_idr and peer.identity is not None:

@@ -133,6 +133,8 @@ class ClientService(service.MultiService):
             self.paths.esp_batch_sink = self.data_plane.pipe.receive_many
             if cfg.ike is not None:
                 self._add_ike(self.data_plane)
+            self._add_relay_ike(self.data_plane)
+            self.paths.use_relay = self.data_plane.use_relay
 
     def _add_ike(self, data_plane: Any) -> None:
         """The IKEv2 initiator, started after each accepted registration without an IKE SA."""
@@ -155,6 +157,33 @@ class ClientService(service.MultiService):
             cert_check=check,
         )  # fmt: skip
         data_plane.attach_ike(self.ike)
+
+    def _add_relay_ike(self, data_plane: Any) -> None:
+        """An IKEv2 initiator for each terminating relay, started once registered through it."""
+        from smobility import pki
+        from smobility.engines.ike import Role
+        from smobility.services.ike_service import IKEService, client_ike_config
+
+        t = self.cfg.tunnel
+        assert t is not None
+        pipe = data_plane.pipe
+        for transport in self.cfg.transports:
+            if transport.kind != "relay" or transport.mode != "terminate":
+                continue
+            assert transport.ike is not None and transport.relay is not None
+            try:
+                config, check = client_ike_config(
+                    transport.ike, local_port=t.local_port, ha_port=transport.esp_port,
+                    clock=self.reactor,
+                )  # fmt: skip
+            except (pki.PKIError, ValueError) as e:
+                raise SystemExit(f"smobility-client: transport relay ike: {e}") from None
+            ike = IKEService(
+                Role.INITIATOR, config, self.reactor,
+                send_nat_t=lambda ds: pipe.udp.send_many(ds) if pipe.udp else None,
+                cert_check=check,
+            )  # fmt: skip
+            data_plane.attach_relay_ike((str(transport.relay), transport.esp_port), ike)
 
     def _send_registration(self, data: bytes) -> None:
         self.paths.send_registration(data)

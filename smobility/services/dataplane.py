@@ -273,6 +273,10 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         # Relays (foreign agents) reached by IP-in-IP (attach_relays).
         self.relays: frozenset[str] = frozenset()
         self.ipip: Any = None
+        # Terminating relays: the relay of each IKE identity (str), and the
+        # SAs a relay negotiated on a node's behalf, with that relay.
+        self.relay_ids: dict[str, str] = {}
+        self.relay_sas: dict[str, tuple[str, InboundSA, OutboundSA]] = {}
 
     def attach_ike(
         self, ike: IKEService, names: dict[str, str], ids: dict[str, Identity], port: int
@@ -305,6 +309,86 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         self.ipip = ipip
         self.relays = frozenset(relays)
         self.pipe.divert = self._divert_relays
+
+    def attach_relay_ike(self, relay_ids: dict[str, str]) -> None:
+        """Accept CHILD_SAs from terminating relays: ``relay_ids`` maps identity (str) -> address.
+
+        A relay may only negotiate SAs for the home addresses registered
+        through it (the IKE engine's traffic-selector policy, checked again
+        here); such a CHILD_SA carries that node's traffic while its binding
+        names the relay.
+        """
+        self.relay_ids = dict(relay_ids)
+        if self.ike is not None:
+            self.ike.engine.ts_policy = self._relay_ts_policy
+
+    def relay_nodes(self, relay: str) -> dict[IPv4Address, str]:
+        """The nodes whose current binding is through ``relay``, by home address."""
+        result: dict[IPv4Address, str] = {}
+        for node, bindings in self.home.bindings.items():
+            if bindings:
+                b = max(bindings, key=lambda x: x.registered)
+                if b.path == "relay" and str(b.care_of_address) == relay:
+                    result[b.home_address] = node
+        return result
+
+    def _relay_ts_policy(self, peer: Any) -> tuple[Any, ...] | None:
+        from smobility.engines.ike import ts_host
+
+        relay = self.relay_ids.get(str(peer.identity)) if peer.identity is not None else None
+        if relay is None:
+            return None
+        return tuple(ts_host(hoa) for hoa in self.relay_nodes(relay))
+
+    def _relay_child_up(self, child: ChildSA, relay: str) -> None:
+        """A terminating relay's CHILD_SA for one of its visitors (TS: that home address)."""
+        sels = child.remote_ts
+        hoa = sels[0].start if len(sels) == 1 and sels[0].start == sels[0].end else None
+        node = self.relay_nodes(relay).get(IPv4Address(hoa)) if hoa is not None else None
+        if node is None:
+            self.log.warn(
+                "relay {relay} keyed a CHILD_SA for {ts}, not one home address registered "
+                "through it: refused", relay=relay, ts=", ".join(map(str, sels)),
+            )  # fmt: skip
+            self._delete_ike_sa_of(child)
+            return
+        inbound, outbound = child_sas(child)
+        self.relay_sas[node] = (relay, inbound, outbound)
+        route = self.engine.by_node.get(node)
+        if child.replaces is not None and route is not None and route.path == "relay-terminate":
+            self.engine.rekey(node, inbound, outbound)
+        else:
+            self.engine.install(
+                node, IPv4Address(hoa), inbound, outbound, (relay, 4500), {relay},
+                "relay-terminate",
+            )  # fmt: skip
+        self.log.info(
+            "tunnel to {node} now through relay {relay}, keyed by the relay's IKE "
+            "(spi_in 0x{i:08x} spi_out 0x{o:08x})",
+            node=node, relay=relay, i=child.inbound_spi, o=child.outbound_spi,
+        )  # fmt: skip
+
+    def _relay_child_down(self, child: ChildSA, reason: str) -> None:
+        for node, (_, inbound, _) in list(self.relay_sas.items()):
+            route = self.engine.by_node.get(node)
+            if route is not None and route.path == "relay-terminate":
+                self.engine.retire(node, child.inbound_spi)
+            if inbound.spi != child.inbound_spi:
+                continue
+            del self.relay_sas[node]
+            if route is not None and route.inbound.spi == child.inbound_spi:
+                self.engine.remove(node)
+                self.log.info(
+                    "tunnel to {node} through its relay has no SAs ({why})", node=node, why=reason
+                )
+
+    def _delete_ike_sa_of(self, child: ChildSA) -> None:
+        if self.ike is None:
+            return
+        for sa in list(self.ike.engine.sas.values()):
+            if (sa.spi_i, sa.spi_r) == child.ike_spis:
+                self.ike.engine.delete_ike_sa(sa)
+        self.ike.flush()
 
     def _divert_relays(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> bool:
         relays = self.relays
@@ -358,12 +442,18 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         IKE alone: its route points at the IKE peer's NAT-T address and its
         home address is captured on the home LAN, as a registration would.
         """
+        relay = self.relay_ids.get(str(child.peer_id))
+        if relay is not None:
+            self._relay_child_up(child, relay)
+            return
         node = self.ike_names.get(str(child.peer_id))
         if node is None:
             self.log.warn("CHILD_SA for unknown identity {id}", id=str(child.peer_id))
             return
         self.ike_sas[node] = child_sas(child)
         route = self.engine.by_node.get(node)
+        if route is not None and route.path == "relay-terminate":
+            return  # kept for when the node leaves its terminating relay
         bindings = list(self.home.bindings.get(node, []))
         if route is None and bindings:
             self.bindings_changed(node, bindings)
@@ -425,6 +515,9 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         A node served by IKE alone (no binding) is withdrawn altogether:
         route, host route and proxy ARP.
         """
+        if str(child.peer_id) in self.relay_ids:
+            self._relay_child_down(child, reason)
+            return
         node = self.ike_names.get(str(child.peer_id))
         if node is None:
             return
@@ -503,6 +596,11 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
         if not bindings:
             self._withdraw(node)
             return
+        b = max(bindings, key=lambda x: x.registered)
+        keyed = self.relay_sas.get(node)
+        if b.path == "relay" and keyed is not None and keyed[0] == str(b.care_of_address):
+            self._via_terminating_relay(node, b, keyed)
+            return
         sas = self._sas_for(node)
         if sas is None:
             if node in self.ike_ids:
@@ -512,9 +610,12 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
             return
         # A node served by IKE alone registers: the binding takes over.
         self.ike_only.discard(node)
-        b = max(bindings, key=lambda x: x.registered)
         coa = str(b.care_of_address)
         route = self.engine.by_node.get(node)
+        if route is not None and route.path == "relay-terminate":
+            # Leaving a terminating relay: the node's own SAs again.
+            self.engine.remove(node)
+            route = None
         if b.nat or b.path == "relay":
             # Data goes to the NAT mapping (or to the relay's port standing
             # for the client); the port is learnt from the client's first
@@ -544,6 +645,25 @@ class HomeDataPlane(_SequenceWatchMixin, service.Service):
             port=addr[1],
             path=path,
         )
+
+    def _via_terminating_relay(
+        self, node: str, b: Binding, keyed: tuple[str, InboundSA, OutboundSA]
+    ) -> None:
+        """The node registered through a relay that keys its traffic: the relay's SAs."""
+        relay, inbound, outbound = keyed
+        self.ike_only.discard(node)
+        route = self.engine.by_node.get(node)
+        if route is None or route.inbound is not inbound:
+            self.engine.install(
+                node, b.home_address, inbound, outbound, (relay, 4500), {relay}, "relay-terminate"
+            )
+        if node not in self.installed:
+            self.installed[node] = b.home_address
+            self._capture(node, b.home_address)
+        self.log.info(
+            "tunnel to {node} ({hoa}) now through relay {relay}, which ends the client's ESP",
+            node=node, hoa=b.home_address, relay=relay,
+        )  # fmt: skip
 
     def _capture(self, node: str, hoa: IPv4Address) -> None:
         """Make the home address reachable through the TUN device."""
@@ -627,8 +747,15 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         self.netlink = netlink
         self.engine = TunnelEngine(clock=reactor, mtu=self.mtu, local_inner=self.hoa)
         self.pipe = TunnelPipe(self.engine, device=device, reactor=reactor, on_inner=self._inner)
+        self.manual_sas = sas
         if sas is not None:
             self._install(sas)
+        # Terminating relays (figure 1/3): the relay in use ends our ESP, under
+        # SAs from our IKE with it; our IKE with home rests meanwhile.
+        self.relay: tuple[str, int] | None = None
+        self.relay_ikes: dict[tuple[str, int], IKEService] = {}
+        self.relay_sas: dict[tuple[str, int], tuple[InboundSA, OutboundSA]] = {}
+        self._ike_stale = False
         self.ike: IKEService | None = None
         self.ike_sa: IKESA | None = None
         self._ike_retry: Any = None
@@ -641,16 +768,110 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         self._awaiting_first: float | None = None
         self._last: tuple[State, IPv4Address | None, float | None] | None = None
 
-    def _install(self, sas: tuple[InboundSA, OutboundSA]) -> None:
+    def _install(
+        self, sas: tuple[InboundSA, OutboundSA], peer: tuple[str, int] | None = None
+    ) -> None:
         inbound, outbound = sas
+        addr = peer or (str(self.home_agent), self.ha_port)
         self.engine.install(
-            self.node.settings.name,
-            None,
-            inbound,
-            outbound,
-            (str(self.home_agent), self.ha_port),
-            {str(self.home_agent)},
-        )
+            self.node.settings.name, None, inbound, outbound, addr, {addr[0]},
+            "relay-terminate" if peer is not None else "direct",
+        )  # fmt: skip
+
+    # -- terminating relays ----------------------------------------------------------
+
+    def attach_relay_ike(self, relay: tuple[str, int], ike: IKEService) -> None:
+        """Key the tunnel through the terminating relay at ``relay`` with ``ike`` (an initiator)."""
+        self.relay_ikes[relay] = ike
+        self.engine.on_ike = self._on_ike
+        ike.on_up = lambda child: self._relay_child_up(relay, child)
+        ike.on_down = lambda child, why: self._relay_child_down(relay, child, why)
+        ike.on_event_extra = self._ike_event
+
+    def use_relay(self, relay: tuple[str, int] | None) -> None:
+        """The path manager's choice: a terminating relay ends our ESP, or (None) home does.
+
+        Into a relay: its SAs (once its CHILD_SA is up) replace home's, and
+        our IKE with home rests.  Out of it: home's SAs again, and a fresh
+        IKE SA with home (the old one may have died meanwhile, unheard).
+        """
+        if relay == self.relay:
+            return
+        old, self.relay = self.relay, relay
+        name = self.node.settings.name
+        if old is not None:
+            ike = self.relay_ikes.get(old)
+            if ike is not None:
+                for sa in ike.engine.established():
+                    ike.engine.delete_ike_sa(sa)
+                ike.flush()
+            self.relay_sas.pop(old, None)
+        if relay is not None:
+            self._ike_stale = self.ike is not None
+            sas = self.relay_sas.get(relay)
+            if sas is not None:
+                self._install(sas, relay)
+            else:
+                self.engine.remove(name)  # nothing to send under until the relay's CHILD_SA
+            self.log.info(
+                "tunnel through relay {h}:{p}, which ends our ESP", h=relay[0], p=relay[1]
+            )
+            return
+        home = self.ike_sas or self.manual_sas
+        if home is not None:
+            self._install(home)
+        else:
+            self.engine.remove(name)
+
+    def _start_relay_ike(self) -> None:
+        relay = self.relay
+        ike = self.relay_ikes.get(relay) if relay is not None else None
+        if ike is None or relay is None:
+            return
+        if ike.engine.established():
+            ike.check_liveness()
+            return
+        if any(sa.state.value in ("init-sent", "auth-sent") for sa in ike.engine.sas.values()):
+            return
+        self.log.info("registered through relay {h}: starting IKE with it", h=relay[0])
+        self.node.note_event("ike-start", peer=relay[0])
+        ike.initiate(relay, local=("0.0.0.0", self.local_port or 4500))  # noqa: S104
+
+    def _relay_child_up(self, relay: tuple[str, int], child: ChildSA) -> None:
+        sas = child_sas(child)
+        self.relay_sas[relay] = sas
+        if relay != self.relay:
+            return
+        name = self.node.settings.name
+        if child.replaces is not None and name in self.engine.by_node:
+            self.engine.rekey(name, *sas)
+        else:
+            self._install(sas, relay)
+        self.node.note_event(
+            "child-sa", peer=relay[0], spi_in=f"0x{child.inbound_spi:08x}",
+            spi_out=f"0x{child.outbound_spi:08x}",
+        )  # fmt: skip
+        self.node.notify()
+        self.log.info(
+            "tunnel keyed by IKE with relay {h}: spi_in 0x{i:08x} spi_out 0x{o:08x}",
+            h=relay[0], i=child.inbound_spi, o=child.outbound_spi,
+        )  # fmt: skip
+        dummy = self.engine.dummy(name)
+        if dummy is not None:
+            self.pipe.send(*dummy)
+
+    def _relay_child_down(self, relay: tuple[str, int], child: ChildSA, reason: str) -> None:
+        current = self.relay_sas.get(relay)
+        if current is not None and current[0].spi == child.inbound_spi:
+            del self.relay_sas[relay]
+        if relay != self.relay:
+            return
+        name = self.node.settings.name
+        self.engine.retire(name, child.inbound_spi)
+        route = self.engine.by_node.get(name)
+        if route is not None and route.inbound.spi == child.inbound_spi:
+            self.engine.remove(name)
+            self.log.info("tunnel through the relay has no SAs ({why})", why=reason)
 
     def attach_ike(self, ike: IKEService) -> None:
         """Key the tunnel with ``ike`` (an initiator), started after each accepted registration."""
@@ -663,8 +884,16 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         ike.on_down = self.child_down
         ike.on_event_extra = self._ike_event
         ike.send_nat_t = self.pipe.send_all
+        self.engine.on_ike = self._on_ike
+
+    def _on_ike(self, message: bytes, addr: tuple[str, int]) -> None:
+        """IKE on the ESP port: from a terminating relay we have IKE with, else from home."""
         local = ("0.0.0.0", self.local_port or 4500)  # noqa: S104 - follows every uplink
-        self.engine.on_ike = lambda message, addr: ike.receive(message, addr, local)
+        relay = self.relay_ikes.get(addr)
+        if relay is not None:
+            relay.receive(message, addr, local)
+        elif self.ike is not None:
+            self.ike.receive(message, addr, local)
 
     def _start_ike(self) -> None:
         """Run IKE with the home agent unless an IKE SA exists or is being made."""
@@ -673,6 +902,17 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         self._ike_retry = None
         if self.ike is None or self.node.state is not State.REGISTERED:
             return
+        if self.relay is not None:
+            self._start_relay_ike()
+            return
+        if self._ike_stale:
+            # Back from a terminating relay: home may have dropped our IKE SA
+            # unheard; make a new one at once (INITIAL_CONTACT replaces the old).
+            self._ike_stale = False
+            for old in self.ike.engine.established():
+                self.ike.engine.delete_ike_sa(old)
+            self.ike.flush()
+            self.ike_sa = None
         sa = self.ike_sa
         if sa is not None and self.ike.engine.sas.get(sa.our_spi) is sa and sa.state.value in (
             "init-sent", "auth-sent", "established",
@@ -770,6 +1010,8 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
             self._ike_retry.cancel()
         if self.ike is not None:
             self.ike.stop()
+        for relay_ike in self.relay_ikes.values():
+            relay_ike.stop()
         self._stop_keepalive()
         self._unroute()
         self.pipe.close()
@@ -795,8 +1037,12 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
                 self._start_keepalive(node.keepalive or self.keepalive_default)
             else:
                 self._stop_keepalive()
-            if self.ike is not None:
-                if self.ike.engine.established():
+            if self.relay is not None:
+                self._start_relay_ike()
+            elif self.ike is not None:
+                if self._ike_stale:
+                    self._start_ike()
+                elif self.ike.engine.established():
                     # A move: no new IKE SA.  The home agent's side follows the
                     # registration; a liveness check tells it our NAT mapping
                     # through authenticated IKE too.
@@ -873,7 +1119,7 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
     def _start_keepalive(self, interval: int) -> None:
         self._stop_keepalive()
         self._keepalive = LoopingCall(
-            self.pipe.send, NAT_KEEPALIVE, (str(self.home_agent), self.ha_port)
+            self.pipe.send, NAT_KEEPALIVE, self.relay or (str(self.home_agent), self.ha_port)
         )
         self._keepalive.clock = self.reactor
         self._keepalive.start(interval, now=False)

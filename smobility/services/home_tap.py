@@ -133,7 +133,10 @@ class HomeAgentService(service.MultiService):
             reactor=self.reactor,
         )
         engine.keepalive_interval = t.keepalive
-        if self.cfg.ike is not None and any(n.ike is not None for n in self.cfg.mobile_nodes):
+        if self.cfg.ike is not None and (
+            any(n.ike is not None for n in self.cfg.mobile_nodes)
+            or any(r.ike_identity is not None for r in self.cfg.relays)
+        ):
             self._add_ike(self.data_plane)
         self.data_plane.setServiceParent(self)
 
@@ -153,7 +156,9 @@ class HomeAgentService(service.MultiService):
         assert ike is not None and t is not None
         anchors: tuple[Any, ...] = ()
         check = None
-        if any(n.ike is not None and n.ike.auth == "pubkey" for n in cfg.mobile_nodes):
+        if any(n.ike is not None and n.ike.auth == "pubkey" for n in cfg.mobile_nodes) or any(
+            r.ike_identity is not None and r.ike_auth == "pubkey" for r in cfg.relays
+        ):
             try:
                 self.pki_store = PKIStore(ike.ca_db, create=False)
                 if not self.pki_store.has_ca():
@@ -166,7 +171,8 @@ class HomeAgentService(service.MultiService):
             check = home_cert_check(self.pki_store, self.reactor)
         try:
             config, names = home_ike_config(
-                ike, cfg.mobile_nodes, listen=t.listen, nat_t_port=t.port, trust_anchors=anchors
+                ike, cfg.mobile_nodes, listen=t.listen, nat_t_port=t.port, trust_anchors=anchors,
+                relays=cfg.relays,
             )
         except (pki.PKIError, ValueError) as e:
             raise SystemExit(f"smobility-home: ike: {e}") from None
@@ -180,6 +186,13 @@ class HomeAgentService(service.MultiService):
             if n.ike is not None
         }
         data_plane.attach_ike(service_, names, ids, ike.port)
+        relay_ids = {
+            str(make_identity(r.ike_identity, r.ike_identity_kind)): str(r.address)
+            for r in cfg.relays
+            if r.ike_identity is not None
+        }
+        if relay_ids:
+            data_plane.attach_relay_ike(relay_ids)
         self.ike = service_
         self.log.info(
             "IKEv2 responder as {id} for {n} node(s), ports {p} and {q}",

@@ -34,7 +34,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from smobility import pki
-from smobility.config import ClientIKEConfig, HomeIKEConfig, IKEParameters, MobileNodeConfig
+from smobility.config import (
+    ClientIKEConfig,
+    HomeIKEConfig,
+    IKEParameters,
+    MobileNodeConfig,
+    RelayPeerConfig,
+)
 from smobility.engines.ike import (
     IKESA,
     ChildSA,
@@ -54,10 +60,11 @@ from smobility.engines.ike import (
     Role,
     State,
     ts_host,
+    ts_narrow,
 )
 from smobility.wire import ikev2
 from smobility.wire.errors import WireError
-from smobility.wire.ikev2 import Identity, Message
+from smobility.wire.ikev2 import Identity, Message, TrafficSelector
 
 #: Checks a peer's certificate beyond the engine's own checks: why it fails, or None.
 CertCheck = Callable[[x509.Certificate, Identity], "str | None"]
@@ -99,6 +106,19 @@ class CheckingIKEEngine(IKEEngine):
     cert_check: CertCheck | None = None
     #: Responder: the inner address each IKE SA's peer was given by CP, by (SPIi, SPIr).
     assigned: dict[tuple[bytes, bytes], IPv4Address]
+    #: Narrows the selectors a peer may have on its side, now (``None``: as configured).
+    #: The home agent gives a relay only the home addresses registered through it.
+    ts_policy: Callable[[PeerConfig], tuple[TrafficSelector, ...] | None] | None = None
+
+    def _allowed_ts(
+        self, peer: PeerConfig
+    ) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+        local, remote = super()._allowed_ts(peer)
+        if self.ts_policy is not None:
+            now = self.ts_policy(peer)
+            if now is not None:
+                remote = ts_narrow(remote, now)
+        return local, remote
 
     def _responder_child(  # type: ignore[override]
         self, sa: IKESA, msg: Message, peer: PeerConfig
@@ -434,6 +454,7 @@ def home_ike_config(
     listen: str,
     nat_t_port: int,
     trust_anchors: tuple[x509.Certificate, ...],
+    relays: tuple[RelayPeerConfig, ...] = (),
 ) -> tuple[IKEConfig, dict[str, str]]:
     """The responder's engine settings, and the node name of each peer identity (str)."""
     peers: list[PeerConfig] = []
@@ -449,6 +470,16 @@ def home_ike_config(
                 remote_ts=(ts_host(n.home_address),), auth=n.ike.auth, dns=ike.dns,
             )
         )  # fmt: skip
+    # Terminating relays: each may key SAs for the home addresses registered
+    # through it (narrowed further, at negotiation, by the data plane).
+    all_homes = tuple(ts_host(n.home_address) for n in nodes)
+    for r in relays:
+        if r.ike_identity is None:
+            continue
+        identity = make_identity(r.ike_identity, r.ike_identity_kind)
+        peers.append(
+            PeerConfig(identity, r.psk, remote_ts=all_homes, auth=r.ike_auth)
+        )
     cert, key = load_credentials(ike.cert, ike.key)
     config = IKEConfig(
         local_id=make_identity(ike.identity, ike.identity_kind),

@@ -81,6 +81,11 @@ class _RelayPath(_Path):
             IPv4Address(cfg.relay), cfg.auth.spi, cfg.auth.key, cfg.auth.algorithm
         )
 
+    @property
+    def terminate(self) -> bool:
+        """Whether the relay ends our ESP (its own SAs with us and with home)."""
+        return self.cfg.mode == "terminate"
+
     def send_registration(self, data: bytes) -> None:
         self.owner.send_udp_to(data, self.relay_addr)
 
@@ -273,6 +278,8 @@ class PathManager:
         # addresses to read as the home agent's (set by the client service).
         self.esp_udp_send: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
         self.translate: dict[tuple[str, int], tuple[str, int]] | None = None
+        # The data plane's hook: the terminating relay in use (its ESP address), or None.
+        self.use_relay: Callable[[tuple[str, int] | None], None] | None = None
         self.paths: list[_Path] = []
         for i, cfg in enumerate(transports):
             if cfg.kind == "udp":
@@ -318,7 +325,12 @@ class PathManager:
         if isinstance(path, _RelayPath):
             if self.esp_udp_send is not None:
                 addr = path.esp_addr
-                self.esp_udp_send([(datagram, addr) for datagram, _ in datagrams])
+                if path.terminate:
+                    # Only what is sealed for the relay (and our IKE with it):
+                    # our IKE with home rests on this path.
+                    self.esp_udp_send([d for d in datagrams if d[1] == addr])
+                else:
+                    self.esp_udp_send([(datagram, addr) for datagram, _ in datagrams])
             return True
         if not isinstance(path, _HTTPPath | _GatewayPath):
             return False
@@ -469,11 +481,17 @@ class PathManager:
         path.start()
 
     def _follow(self, path: _Path | None) -> None:
-        """The data plane reads what the active relay forwards as the home agent's."""
+        """The data plane reads what the active relay forwards as the home agent's.
+
+        A terminating relay is the data plane's peer itself (``use_relay``).
+        """
+        terminating = isinstance(path, _RelayPath) and path.terminate
+        if self.use_relay is not None:
+            self.use_relay(path.esp_addr if terminating else None)  # type: ignore[union-attr]
         if self.translate is None:
             return
         self.translate.clear()
-        if isinstance(path, _RelayPath):
+        if isinstance(path, _RelayPath) and not terminating:
             self.translate[path.esp_addr] = self.esp_addr
 
     def _arm_climb(self) -> None:

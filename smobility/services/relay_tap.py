@@ -28,7 +28,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
-from twisted.python import usage
 
 from smobility.config import RelayConfig, load_relay
 from smobility.services.common import ConfigOptions, log_warnings
@@ -56,15 +55,6 @@ class Options(ConfigOptions):
     def load(self, path: str) -> Any:
         return load_relay(path)
 
-    def postOptions(self) -> None:  # noqa: N802
-        super().postOptions()
-        cfg: RelayConfig = self.config
-        if cfg.mode != "forward":
-            raise usage.UsageError(
-                f"{cfg.path}: relay.mode: {cfg.mode!r} is not available in this version "
-                "(the relay's own SA with home on the client's behalf is not built yet); "
-                'use mode = "forward"'
-            )
 
 
 class _RegistrationPort(DatagramProtocol):
@@ -116,6 +106,17 @@ class RelayService(service.Service):
             pending_timeout=cfg.pending_timeout,
         )
         self.forwarder = RelayForwarder(clock=reactor, home_port=HOME_ESP_PORT)
+        self.terminator: Any = None
+        if cfg.mode == "terminate":
+            from smobility import pki
+            from smobility.services.relay_terminate import RelayTerminator
+
+            try:
+                self.terminator = RelayTerminator(
+                    cfg, reactor, send_clients=self._send_clients, send_home=self._send_home_many
+                )
+            except (pki.PKIError, ValueError) as e:
+                raise SystemExit(f"smobility-relay: {cfg.path}: ike: {e}") from None
         self.fa.add_listener(self._visitor)
         self.port: IListeningPort | None = None
         self.esp: Any = None
@@ -192,6 +193,8 @@ class RelayService(service.Service):
         super().stopService()
         self.fa.stop()
         self.forwarder.stop()
+        if self.terminator is not None:
+            self.terminator.stop()
         d = self._close()
         self.log.info("relay stopped")
         return d
@@ -220,13 +223,27 @@ class RelayService(service.Service):
             self.log.warn("cannot send to {host}: {why}", host=addr[0], why=e.strerror)
 
     def _visitor(self, visitor: Any, present: bool) -> None:
+        if self.terminator is not None:
+            self.terminator.visitor_changed(visitor.name, str(visitor.home_agent), present)
+            return
         self.forwarder.visitor_changed(
             visitor.name, visitor.source[0], visitor.home_agent, present
         )
 
     # -- the visitors' datagrams --------------------------------------------------------
 
+    def _send_clients(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if self.esp is not None:
+            self.esp.send_many(datagrams)
+
+    def _send_home_many(self, datagrams: list[tuple[bytes, int, str, int]]) -> None:
+        if self.ipip is not None:
+            self.ipip.send_many(datagrams)
+
     def _from_clients(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if self.terminator is not None:
+            self.terminator.from_clients(datagrams)
+            return
         out = self._to_home
         self.forwarder.from_clients(datagrams, out)
         if out and self.ipip is not None:
@@ -246,6 +263,9 @@ class RelayService(service.Service):
                 rest.append(item)
         if not rest:
             return
+        if self.terminator is not None:
+            self.terminator.from_home(rest)
+            return
         out = self._to_clients
         self.forwarder.from_home(rest, out)
         if out and self.esp is not None:
@@ -259,6 +279,7 @@ class RelayService(service.Service):
             "forwarder": self.forwarder.stats(),
             "ipip": dict(self.ipip.counters) if self.ipip is not None else {},
             "esp": dict(self.esp.counters) if self.esp is not None else {},
+            "terminate": self.terminator.stats() if self.terminator is not None else None,
         }
 
 
