@@ -19,8 +19,8 @@ from smobility.demo.roam import HA, HOA, RELAY
 from tests.labroaming import LabRoaming
 
 
-class RelayTerminateTests(LabRoaming):
-    """Home agent, terminating relay and client as twistd processes in the lab."""
+class _TerminateLab(LabRoaming):
+    """Helpers: the lab with a terminating relay."""
 
     relay_mode = "terminate"
 
@@ -35,6 +35,10 @@ class RelayTerminateTests(LabRoaming):
                 return st
             time.sleep(0.1)
         self.fail(f"no tunnel keyed by the relay: {self.demo.status()}\n{self.why()}")
+
+
+class RelayTerminateTests(_TerminateLab):
+    """Home agent, terminating relay (shared keys) and client as twistd processes."""
 
     def test_moves_direct_terminating_relay_direct(self) -> None:
         """V1 -> V4 (relay ends ESP) -> V1 -> V4: streams both ways, zero resets, inbound."""
@@ -105,16 +109,15 @@ class RelayTerminateTests(LabRoaming):
         self.assertTrue(spis1 and spis2, (spis1, spis2))
         self.assertFalse(spis1 & spis2, (spis1, spis2))
 
-    def test_home_refuses_relay_sa_for_unregistered_address(self) -> None:
-        """The home agent keys a relay's SA only for home addresses registered through it."""
+    def test_deregistration_deletes_the_relays_sas(self) -> None:
+        """The client stops (deregisters through the relay): the relay deletes its SAs
+        with the client and with home for it; the home agent's route goes too.
+        (The home agent's refusal of an SA for an address not registered through the
+        relay is in tests/test_relay_terminate.py.)"""
         assert self.demo is not None
         self.start_client("v4")
         self.wait_path("relay")
         self.wait_relay_keyed()
-        home = self.log("home")
-        self.assertNotIn("TS_UNACCEPTABLE", home)
-        # Deregistering (the client stops) takes the permission away: the relay's
-        # IKE SA for laptop goes, and the home agent's route with it.
         self.client_proc.send_signal(signal.SIGTERM)
         self.client_proc.wait(timeout=20)
         deadline = time.monotonic() + 20
@@ -122,3 +125,33 @@ class RelayTerminateTests(LabRoaming):
             time.sleep(0.2)
         self.assertIn("visitor laptop gone", self.log("relay"), self.why())
         self.assertTrue(re.search(r"through its relay has no SAs|withdrawn", self.log("home")))
+
+
+class RelayTerminateCertificateTests(_TerminateLab):
+    """With certificates from the home CA: the client proves itself to the relay with
+    its certificate, the relay to the home agent with its own."""
+
+    relay_mode = "terminate-pubkey"
+
+    def test_certificates_moves_streams_inbound(self) -> None:
+        """IKE with certificates on both legs; V4 -> V1 -> V4 with streams, inbound."""
+        assert self.demo is not None
+        self.start_client("v4")
+        self.wait_path("relay")
+        self.wait_relay_keyed()
+        clients = self.streams()
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.go("v1")
+        self.wait_path("udp")
+        self.wait_flowing()
+        self.go("v4")
+        self.wait_path("relay")
+        self.wait_relay_keyed()
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.assert_survived(self.finish(clients))
+        relay = self.log("relay")
+        self.assertIn("IKE SA", relay)
+        self.assertRegex(relay, r"IKE: IKE SA \S+ up with laptop\.example")
+        self.assertRegex(self.log("home"), r"IKE: IKE SA \S+ up with relay\.lab\.example")

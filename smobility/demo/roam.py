@@ -173,20 +173,62 @@ password_file = "{keys / "proxy-password"}"
 
         ``mode`` "terminate": the relay ends the client's ESP (IKEv2 with the
         client, shared keys) and keys the way home with its own IKEv2 on the
-        client's behalf (the home agent gets an [ike] table for it).
+        client's behalf (the home agent gets an [ike] table for it);
+        "terminate-pubkey": the same with certificates from the home CA.
         """
+        pubkey = mode == "terminate-pubkey"
+        mode = "terminate" if pubkey else mode
         keys = self.work / "keys"
         for name in ("faha", "mnfa"):
             f = keys / name
             f.write_text(secrets.token_hex(16) + "\n")
             f.chmod(0o600)
         terminate = mode == "terminate"
-        for name in ("relay-home-psk", "laptop-relay-psk") if terminate else ():
+        for name in ("relay-home-psk", "laptop-relay-psk") if terminate and not pubkey else ():
             f = keys / name
             f.write_text(secrets.token_hex(16) + "\n")
             f.chmod(0o600)
         relay_ike = home_ike = ha_ike = visitor_ike = client_ike = ""
-        if terminate:
+        if pubkey:
+            db = str(self.work / "home.sqlite")
+            self.ctl("pki", "init", "--db", db)
+            for name, san, usage in (
+                ("ha", f"ip:{HA}", "--server"), ("relay", f"dns:{RELAY_ID}", None),
+                ("laptop", "dns:laptop.example", "--client"),
+            ):
+                extra = [usage] if usage else []
+                self.ctl("pki", "issue", name, "--san", san, *extra, "--out-dir",
+                         str(keys / name), "--db", db)  # fmt: skip
+            home_ike = f"""ike_identity = "{RELAY_ID}"
+ike_auth = "pubkey"
+
+[ike]
+cert = "{keys / "ha" / "ha.crt"}"
+key = "{keys / "ha" / "ha.key"}"
+liveness = 10
+"""
+            relay_ike = f"""
+[ike]
+identity = "{RELAY_ID}"
+auth = "pubkey"
+cert = "{keys / "relay" / "relay.crt"}"
+key = "{keys / "relay" / "relay.key"}"
+ca_file = "{keys / "relay" / "ca.crt"}"
+liveness = 10
+"""
+            visitor_ike = 'ike_identity = "laptop.example"\n'
+            client_ike = f"""mode = "terminate"
+
+[transport.ike]
+identity = "laptop.example"
+auth = "pubkey"
+cert = "{keys / "laptop" / "laptop.crt"}"
+key = "{keys / "laptop" / "laptop.key"}"
+ca_file = "{keys / "laptop" / "ca.crt"}"
+relay_identity = "{RELAY_ID}"
+liveness = 10
+"""
+        elif terminate:
             home_ike = f"""ike_identity = "{RELAY_ID}"
 psk_file = "{keys / "relay-home-psk"}"
 
