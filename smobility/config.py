@@ -438,6 +438,8 @@ class RelayPeerConfig:
     ``ike_identity`` (with ``ike_auth`` and ``psk``) lets the relay run IKEv2
     with the home agent on behalf of the clients registered through it (a
     relay in "terminate" mode); ``None``: the relay only forwards.
+    ``gateway``: the relay may be its clients' IPsec VPN gateway (a relay in
+    "gateway" mode), passing on their co-located registrations without FA-HA.
     """
 
     address: IPv4Address
@@ -446,6 +448,7 @@ class RelayPeerConfig:
     ike_identity_kind: str = "fqdn"
     ike_auth: str = "psk"
     psk: bytes = field(default=b"", repr=False)
+    gateway: bool = False
 
 
 @dataclass(frozen=True)
@@ -455,12 +458,14 @@ class VisitorConfig:
     Identified by ``home_address`` when given, else by ``name`` (a plain name
     or the client's NAI); ``auth`` is the Mobile-Foreign security association.
     ``ike_identity`` (and ``psk`` with shared keys) is how the client proves
-    itself in IKEv2 with a relay in "terminate" mode.
+    itself in IKEv2 with a relay in "terminate" or "gateway" mode (``auth``
+    is ``None`` in "gateway" mode when not given: no registration passes the
+    relay as a foreign agent then).
     """
 
     name: str
     home_address: IPv4Address | None
-    auth: AuthKey
+    auth: AuthKey | None
     ike_identity: str | None = None
     ike_identity_kind: str = "fqdn"
     psk: bytes = field(default=b"", repr=False)
@@ -475,6 +480,8 @@ class RelayIKEConfig:
     behalf.  ``auth`` "psk": the secrets of ``[[visitor]]`` and
     ``[[home_agent]]``; "pubkey": the relay's ``cert``/``key`` from the home
     CA (``ca_file``), which the visitors and home agents present too.
+    ``pool`` ("gateway" mode): the network the visitors' virtual addresses
+    come from, the n-th visitor getting its n-th host address.
     """
 
     identity: str
@@ -484,6 +491,7 @@ class RelayIKEConfig:
     cert: Path | None
     key: Path | None
     ca_file: Path | None
+    pool: IPv4Network | None = None
 
     def __repr__(self) -> str:
         return f"RelayIKEConfig(identity={self.identity!r}, auth={self.auth!r})"
@@ -498,6 +506,7 @@ class RelayHomeAgentConfig:
     ike_identity: str
     ike_identity_kind: str
     psk: bytes = b""
+    inside_address: IPv4Address | None = None
 
     def __repr__(self) -> str:
         return f"RelayHomeAgentConfig(address={self.address}, ike_identity={self.ike_identity!r})"
@@ -532,7 +541,7 @@ class ClientConfig:
     ike: ClientIKEConfig | None = None
 
 
-RELAY_MODES: tuple[str, ...] = ("forward", "terminate")
+RELAY_MODES: tuple[str, ...] = ("forward", "terminate", "gateway")
 """How the relay carries a client's traffic; the first is the default.
 
 "forward" (the seed's figure 6): the client's own end-to-end ESP with its
@@ -1457,7 +1466,9 @@ _NODE_KEYS = (
     "name", "home_address", "max_lifetime", "simultaneous_bindings", "nai", "esp", "ike",
 ) + _AUTH_KEYS
 _MANHOLE_KEYS = ("listen", "port", "authorized_keys", "host_key")
-_HOME_RELAY_KEYS = ("address", "ike_identity", "ike_auth", "psk", "psk_file") + _AUTH_KEYS
+_HOME_RELAY_KEYS = (
+    "address", "ike_identity", "ike_auth", "psk", "psk_file", "gateway",
+) + _AUTH_KEYS
 
 
 def _read_addresses(r: _Reader) -> tuple[IPv4Address, ...]:
@@ -1496,18 +1507,19 @@ def _read_home_relays(
         seen.check(r, "address", address, str(address))
         auth = _read_auth(r)
         spis.check(r, "spi", auth.spi, f"SPI {auth.spi}")
+        gateway = r.boolean("gateway", "true or false", False)
         if not r.has("ike_identity"):
             for name in ("ike_auth", "psk", "psk_file"):
                 if r.has(name):
                     r.fail(name, "is only read with ike_identity",
                            "ike_identity (the relay's IKE identity), or no IKE keys")  # fmt: skip
-            relays.append(RelayPeerConfig(address=address, auth=auth))
+            relays.append(RelayPeerConfig(address=address, auth=auth, gateway=gateway))
             continue
         ike_identity, ike_kind = _ike_identity(r, "ike_identity")
         ike_auth = r.choice("ike_auth", _IKE_AUTH, "psk")
         relays.append(RelayPeerConfig(
             address=address, auth=auth, ike_identity=ike_identity, ike_identity_kind=ike_kind,
-            ike_auth=ike_auth, psk=_ike_psk(r, ike_auth == "psk"),
+            ike_auth=ike_auth, psk=_ike_psk(r, ike_auth == "psk"), gateway=gateway,
         ))  # fmt: skip
     return tuple(relays)
 
@@ -1757,11 +1769,11 @@ def load_client(path: str | os.PathLike[str]) -> ClientConfig:
 # Relay
 
 _RELAY_TOP = ("relay", "home_agent", "visitor", "ike")
-_RELAY_IKE_KEYS = ("identity", "auth", "cert", "key", "ca_file") + _IKE_PARAM_KEYS
+_RELAY_IKE_KEYS = ("identity", "auth", "cert", "key", "ca_file", "pool") + _IKE_PARAM_KEYS
 _RELAY_KEYS = (
     "listen", "port", "address", "max_lifetime", "pending_timeout", "mode", "esp_port",
 )
-_RELAY_HA_KEYS = ("address", "ike_identity", "psk", "psk_file") + _AUTH_KEYS
+_RELAY_HA_KEYS = ("address", "ike_identity", "psk", "psk_file", "inside_address") + _AUTH_KEYS
 _VISITOR_KEYS = ("name", "home_address", "ike_identity", "psk", "psk_file") + _AUTH_KEYS
 _VISITOR_EXPECTED = (
     "a name of 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-', "
@@ -1806,7 +1818,7 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         if ike is None:
             for name in ("ike_identity", "psk", "psk_file"):
                 if r.has(name):
-                    r.warn(name, 'is ignored because relay.mode is not "terminate"')
+                    r.warn(name, 'is ignored because relay.mode is "forward"')
             return "", "fqdn", b""
         identity, kind = _ike_identity(r, "ike_identity", identity_default)
         return identity, kind, _ike_psk(r, ike_psk)
@@ -1822,8 +1834,17 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         ha_spis.check(h, "spi", auth.spi, f"SPI {auth.spi}")
         home_agents.append((ha, auth))
         identity, kind, psk = ike_keys(h, str(ha))
+        inside = None
+        if mode == "gateway":
+            inside = h.ipv4(
+                "inside_address",
+                "the home agent's address inside the home network, where the relay's VPN "
+                'clients register (such as "10.77.0.1")',
+            )
+        elif h.has("inside_address"):
+            h.warn("inside_address", 'is ignored because relay.mode is not "gateway"')
         if ike is not None:
-            ha_ike.append(RelayHomeAgentConfig(ha, auth, identity, kind, psk))
+            ha_ike.append(RelayHomeAgentConfig(ha, auth, identity, kind, psk, inside))
 
     visitors: list[VisitorConfig] = []
     v_names = _Unique("visitor name")
@@ -1849,17 +1870,24 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
                     "the visiting client's own home address",
                 )
             v_addresses.check(v, "home_address", home_address, str(home_address))
-        auth = _read_auth(v)
-        v_spis.check(v, "spi", auth.spi, f"SPI {auth.spi}")
-        if ike is not None and home_address is None:
+        mnfa: AuthKey | None = None
+        if mode != "gateway" or any(v.has(k) for k in _AUTH_KEYS):
+            mnfa = _read_auth(v)
+            v_spis.check(v, "spi", mnfa.spi, f"SPI {mnfa.spi}")
+        if mode == "terminate" and home_address is None:
             v.fail("home_address", 'required key is missing (relay.mode is "terminate")',
                    "the client's home address: the traffic selector of its SAs")  # fmt: skip
         identity, kind, psk = ike_keys(v, _REQUIRED)
         visitors.append(VisitorConfig(
-            name=vname, home_address=home_address, auth=auth,
+            name=vname, home_address=home_address, auth=mnfa,
             ike_identity=identity or None, ike_identity_kind=kind, psk=psk,
         ))  # fmt: skip
 
+    if ike is not None and ike.pool is not None and len(visitors) > ike.pool.num_addresses - 2:
+        top.fail(
+            "ike", f"ike.pool {ike.pool} has {ike.pool.num_addresses - 2} host addresses for "
+            f"{len(visitors)} visitors", "a pool with a host address for every [[visitor]]",
+        )  # fmt: skip
     return RelayConfig(
         path=ctx.path, listen=listen, port=port, address=address,
         home_agents=tuple(home_agents), visitors=tuple(visitors),
@@ -1871,12 +1899,12 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
 
 def _read_relay_ike(top: _Reader, mode: str, address: IPv4Address) -> RelayIKEConfig | None:
     """The relay's [ike] table: required in "terminate" mode, refused in "forward" mode."""
-    i = top.subtable("ike", _RELAY_IKE_KEYS, required=mode == "terminate")
+    i = top.subtable("ike", _RELAY_IKE_KEYS, required=mode != "forward")
     if i is None:
         return None
-    if mode != "terminate":
-        top.fail("ike", 'is only read with relay.mode = "terminate"',
-                 'mode = "terminate", or no [ike] table')  # fmt: skip
+    if mode == "forward":
+        top.fail("ike", 'is only read with relay.mode = "terminate" or "gateway"',
+                 'mode = "terminate" or "gateway", or no [ike] table')  # fmt: skip
     identity, kind = _ike_identity(i, "identity", str(address))
     auth = i.choice("auth", _IKE_AUTH, "psk")
     cert = i.optional_path("cert", "a path to the relay's certificate (PEM)")
@@ -1887,9 +1915,21 @@ def _read_relay_ike(top: _Reader, mode: str, address: IPv4Address) -> RelayIKECo
             i.fail(name, 'required key is missing (auth is "pubkey")', "a PEM file path")
         if auth == "psk" and value is not None:
             i.warn(name, 'is ignored because auth is "psk"')
+    pool = None
+    pool_expected = 'the virtual addresses of the VPN clients in CIDR form, such as "10.79.0.0/24"'
+    if mode == "gateway":
+        text = i.string("pool", pool_expected)
+        try:
+            pool = IPv4Network(text, strict=True)
+        except ValueError:
+            i.fail("pool", f"{_show(text)} is not a valid IPv4 network", pool_expected)
+        if pool.num_addresses < 4:
+            i.fail("pool", f"{pool} holds no address for a client", pool_expected)
+    elif i.has("pool"):
+        i.warn("pool", 'is ignored because relay.mode is not "gateway"')
     return RelayIKEConfig(
         identity=identity, identity_kind=kind, auth=auth, params=_ike_params(i),
-        cert=cert, key=key, ca_file=ca_file,
+        cert=cert, key=key, ca_file=ca_file, pool=pool,
     )
 
 

@@ -11,6 +11,7 @@ C{tests.test_store}.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import itertools
 from collections.abc import Sequence
@@ -573,6 +574,25 @@ class RefusalTests(_Base):
         reply = self.register(N1, (str(FA.address), 434))
         self.assertRefused(reply, mip.CODE_HA_FA_AUTH_FAILED, N1)
         self.assertEqual(self.coas(N1), [])
+
+    def test_colocated_through_relay_without_fa_ha(self) -> None:
+        """A co-located registration (D bit) from a relay's address without FA-HA claims no
+        foreign-agent service (the relay is the client's VPN gateway): MN-HA decides, the
+        translated source is a NAT; with D clear it is still 132."""
+        # Not from a relay that is a VPN gateway: 132, as before.
+        reply = self.register(N1, (str(FA.address), 20001), flags=mip.FLAG_D)
+        self.assertRefused(reply, mip.CODE_HA_FA_AUTH_FAILED, N1)
+        self.ha.foreign_agents[FA.address] = dataclasses.replace(FA, gateway=True)
+        # Naming the relay's own address as co-located care-of address: 132.
+        reply = self.register(N1, (str(FA.address), 20001), flags=mip.FLAG_D, coa=FA.address)
+        self.assertRefused(reply, mip.CODE_HA_FA_AUTH_FAILED, N1)
+        reply = self.register(N1, (str(FA.address), 20001), flags=mip.FLAG_D)
+        self.assertEqual(reply.code, mip.CODE_ACCEPTED)
+        b = self.binding(N1)
+        self.assertEqual((b.path, b.source_host, b.source_port), ("direct", str(FA.address), 20001))
+        self.assertFalse(fa_signed(reply))
+        reply = self.register(N1, (str(FA.address), 20001), flags=0)
+        self.assertRefused(reply, mip.CODE_HA_FA_AUTH_FAILED, N1)
 
     def _relayed(self, key: bytes, spi: int = FA.spi) -> bytes:
         data = build_request(N1, self.clock)

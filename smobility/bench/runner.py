@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from smobility.bench import http, ike, tunnel
+from smobility.bench import http, ike, relay, tunnel
 from smobility.bench.context import BenchContext
 from smobility.bench.report import render_text, write_doc, write_result
 from smobility.bench.results import ScenarioResult, machine_info, utc_now
@@ -61,6 +61,7 @@ SCENARIOS: dict[str, Scenario] = {
     tunnel.SCENARIO.name: tunnel.SCENARIO,
     http.SCENARIO.name: http.SCENARIO,
     ike.SCENARIO.name: ike.SCENARIO,
+    relay.SCENARIO.name: relay.SCENARIO,
 }
 """Every scenario, in the order they run and appear in doc/bench.md."""
 

@@ -66,12 +66,17 @@ class MobileNodeEntry:
 
 @dataclass(frozen=True)
 class ForeignAgentEntry:
-    """A relay (foreign agent) allowed to relay registrations, with its FA-HA key."""
+    """A relay (foreign agent) allowed to relay registrations, with its FA-HA key.
+
+    ``gateway``: the relay may also be its clients' IPsec VPN gateway, passing
+    on their co-located registrations address-translated and without FA-HA.
+    """
 
     address: IPv4Address
     spi: int
     key: bytes
     algorithm: str = "hmac-md5"
+    gateway: bool = False
 
     def __repr__(self) -> str:
         return f"ForeignAgentEntry(address={self.address}, spi={self.spi})"
@@ -262,12 +267,25 @@ class HomeAgent:
         """The foreign agent that relayed ``req`` if its FA-HA verified, and why not.
 
         Returns ``(entry, "")`` for a verified relay, ``(None, "")`` for a
-        request that did not come through a foreign agent, and ``(None, why)``
-        for one that must be refused with 132.
+        request that did not come through a foreign agent (a co-located
+        registration without FA-HA from a relay that is also a VPN gateway is
+        one: the relay is then the client's gateway, not its foreign agent), and
+        ``(None, why)`` for one that must be refused with 132.
         """
         fa = self.foreign_agents.get(IPv4Address(source[0]))
         faha = mip.auth_indices(req.extensions, mip.EXT_FA_HA)
         if not faha and fa is None:
+            return None, ""
+        if (
+            not faha
+            and fa is not None
+            and fa.gateway
+            and req.flags & mip.FLAG_D
+            and req.care_of_address != fa.address
+        ):
+            # A co-located care-of address claims no foreign-agent service: the
+            # relay, as the client's VPN gateway, passed it on address-
+            # translated (RFC 3519 then sees the NAT). MN-HA still decides.
             return None, ""
         if fa is None:
             return None, "FA-HA extension from an address with no FA-HA security association"

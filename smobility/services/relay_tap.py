@@ -98,6 +98,7 @@ class RelayService(service.Service):
                     algorithm=v.auth.algorithm,
                 )
                 for v in cfg.visitors
+                if v.auth is not None
             ],
             clock=reactor,
             send_home=self._send_home,

@@ -289,18 +289,36 @@ class RelayTerminator:
             return
         if not isinstance(event, IKESADown | IKEFailed):
             return
-        if isinstance(event, IKEFailed) and (event.child_only or event.rekey):
+        if isinstance(event, IKEFailed) and event.rekey:
+            return
+        if isinstance(event, IKEFailed) and event.child_only:
+            # Home took the IKE SA but refused its CHILD_SA (TS_UNACCEPTABLE
+            # while the registration through us is not there yet): an IKE SA
+            # without a CHILD_SA carries nothing.  Delete it (outside the
+            # engine's call) and try again later.
+            for name, sa in list(self.home_sas.items()):
+                if sa.spi_i == event.spi_i:
+                    self.reactor.callLater(0, self._drop_home_sa, sa)
+                    self._schedule_retry(name)
             return
         for name in list(self.present):
             current = self.home_sas.get(name)
             live = current is not None and self.home_ike.engine.sas.get(current.our_spi) is current
             if live and current is not None and current.state is State.ESTABLISHED:
                 continue
-            retry = self._retries.get(name)
-            if retry is None or not retry.active():
-                v = next((v for v in self.visitors.values() if v.name == name), None)
-                if v is not None:
-                    self._retries[name] = self.reactor.callLater(RETRY, self._start_home, v)
+            self._schedule_retry(name)
+
+    def _schedule_retry(self, name: str) -> None:
+        retry = self._retries.get(name)
+        if retry is None or not retry.active():
+            v = next((v for v in self.visitors.values() if v.name == name), None)
+            if v is not None:
+                self._retries[name] = self.reactor.callLater(RETRY, self._start_home, v)
+
+    def _drop_home_sa(self, sa: IKESA) -> None:
+        if sa.state is State.ESTABLISHED and not sa.children:
+            self.home_ike.engine.delete_ike_sa(sa)
+            self.home_ike.flush()
 
     # -- datagrams -------------------------------------------------------------------
 
