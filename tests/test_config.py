@@ -1627,7 +1627,8 @@ class HomeRelayTests(ConfigTestCase):
             HOME + HOME_RELAY + "port = 434\n",
             "relay[0].port",
             "unknown key",
-            "address, algorithm, gateway, ike_auth, ike_identity, key, key_file, psk, psk_file, spi",
+            "address, algorithm, gateway, ike_auth, ike_identity, key, key_file, psk, "
+            "psk_file, spi",
         )
 
     def test_singleTable(self) -> None:
