@@ -1833,7 +1833,14 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
         auth = _read_auth(h)
         ha_spis.check(h, "spi", auth.spi, f"SPI {auth.spi}")
         home_agents.append((ha, auth))
-        identity, kind, psk = ike_keys(h, str(ha))
+        if mode == "gateway":
+            # As a VPN gateway the relay runs no IKE with home: no keys to read.
+            identity, kind, psk = str(ha), "ipv4", b""
+            for name in ("ike_identity", "psk", "psk_file"):
+                if h.has(name):
+                    h.warn(name, 'is ignored because relay.mode is "gateway"')
+        else:
+            identity, kind, psk = ike_keys(h, str(ha))
         inside = None
         if mode == "gateway":
             inside = h.ipv4(

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smobility.bench import cpu, http, ike, openvpn, report, runner, tunnel
-from smobility.bench.context import BenchError
+from smobility.bench import cpu, http, ike, openvpn, relay, report, runner, tunnel
+from smobility.bench.context import BenchContext, BenchError
 from smobility.bench.iperf import IperfError, client_argv, parse_iperf3
 from smobility.bench.results import Column, Row, ScenarioResult, median, ratio, stamp
 
@@ -665,3 +667,290 @@ class IkeScenarioTests(SynchronousTestCase):
         self.assertIsNone(met)
         self.assertEqual(len(comparisons), 1)
         self.assertIn("not judged", verdict[1])
+
+
+# The head of /proc/net/snmp in a namespace (kernel 6.x), trimmed after Udp.
+SNMP = """\
+Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards InDelivers OutRequests OutDiscards OutNoRoutes ReasmTimeout ReasmReqds ReasmOKs ReasmFails FragOKs FragFails FragCreates OutTransmits
+Ip: 2 64 1000 0 0 0 0 0 1000 500 1 0 0 10 5 0 400 0 800 1300
+Icmp: InMsgs InErrors
+Icmp: 3 0
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 700 0 2 400 2 0 0 0 0
+"""  # noqa: E501
+
+# /proc/net/raw with the relay's protocol-4 socket (3 drops) and a ping socket (protocol 1).
+RAW = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+    4: 02041FAC:0004 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123 2 0000000000000000 3
+    1: 00000000:0001 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 124 2 0000000000000000 9
+  garbage line
+"""  # noqa: E501
+
+FAST = settings(max_examples=200, deadline=None, database=None)
+
+
+def _relay_status(
+    transport: str | None, route: str | None, state: str = "registered"
+) -> dict[str, Any]:
+    routes = [{"path": route, "peer": "172.31.4.2:4500"}] if route is not None else []
+    return {"state": state, "path": transport, "tunnel": {"routes": routes}}
+
+
+def _relay_result() -> ScenarioResult:
+    """A relay result: direct 1000 Mbit/s at 10 s/GB, forward 400 at 30, terminate 250 at 40."""
+    result = ScenarioResult(
+        scenario="relay",
+        title=relay.TITLE,
+        label_header="path, case",
+        started="2025-01-31T12:00:00Z",
+        finished="2025-01-31T12:02:00Z",
+        columns=list(relay.COLUMNS),
+        comparison_columns=list(relay.COMPARISON_COLUMNS),
+        settings={"duration_s": 4.0, "rounds": 1},
+        machine={"nproc": 2},
+    )
+    figures = {
+        "direct": (1000.0, 10.0, 0.0, 0.0, 1.5),
+        "forward": (400.0, 30.0, 0.6, 1000.0, 1.9),
+        "terminate": (250.0, 40.0, 0.95, 800.0, 1.9),
+    }
+    for path, (mbps, cost, relay_cores, fragmented, busy) in figures.items():
+        for case in relay.CASES:
+            values: dict[str, float | None] = {
+                "mbps": mbps,
+                "retransmits": 0.0,
+                "cpu_s_per_gb": cost,
+                "cpu_cores": 1.2,
+                "relay_cores": relay_cores,
+                "relay_s_per_gb": None,
+                "fragmented": fragmented,
+                "fragments": 2 * fragmented,
+                "reassembled": fragmented,
+                "drops": 0.0,
+                "host_cores": busy,
+                "ha_fragmented": fragmented,
+                "ha_sent": fragmented + 10,
+                "ha_fragments": 2 * fragmented,
+                "rl_reassembled": fragmented,
+                "cores_home_agent": 0.7,
+                "s_per_gb_home_agent": 5.0,
+                "cores_relay": relay_cores,
+            }
+            result.rows.append(Row(path, case.name, relay.label(path, case), values))
+    return result
+
+
+class RelayScenarioTests(SynchronousTestCase):
+    """The relay scenario's pure parts: counters, the client's path, figures, notes, section."""
+
+    def test_registered(self) -> None:
+        """Registered last; --only takes its paths and refuses another scenario's peers."""
+        self.assertEqual(list(runner.SCENARIOS)[-1], "relay")
+        self.assertIs(runner.SCENARIOS["relay"], relay.SCENARIO)
+        self.assertEqual(relay.SCENARIO.peers, ("direct", "forward", "terminate"))
+        args = runner.parse_args(["--scenario", "relay", "--quick", "--only", "direct,terminate"])
+        self.assertEqual((args.scenario, args.only), (["relay"], ["direct", "terminate"]))
+        with mock.patch("sys.stderr"):
+            e = self.assertRaises(
+                SystemExit, runner.parse_args, ["--scenario", "relay", "--only", "openvpn"]
+            )
+        self.assertEqual(e.code, 2)
+        self.assertEqual([c.name for c in relay.CASES], ["cn -> client", "client -> cn"])
+
+    def test_snmp(self) -> None:
+        """Header and value lines pair up per section; the kept counters, flat."""
+        snmp = relay.parse_snmp(SNMP)
+        self.assertEqual(set(snmp), {"Ip", "Icmp", "Udp"})
+        self.assertEqual(snmp["Ip"]["FragOKs"], 400)
+        self.assertEqual(snmp["Ip"]["FragCreates"], 800)
+        self.assertEqual(snmp["Udp"]["RcvbufErrors"], 2)
+        flat = relay.flatten_counters(snmp, 3)
+        self.assertEqual(flat["Ip.OutRequests"], 500)
+        self.assertEqual(flat["Ip.ReasmOKs"], 5)
+        self.assertEqual(flat["raw4.drops"], 3)
+        self.assertNotIn("Ip.InReceives", flat)
+        # Lines that do not pair up, or are not numbers, are left out.
+        self.assertEqual(relay.parse_snmp("Ip: A B\nIp: 1\nUdp: X\nUdp: y\n"), {})
+        self.assertEqual(relay.parse_snmp(""), {})
+
+    def test_raw_drops(self) -> None:
+        """Only the raw sockets of protocol 4 count; malformed lines are skipped."""
+        self.assertEqual(relay.parse_raw_drops(RAW), 3)
+        self.assertEqual(relay.parse_raw_drops(RAW, protocol=1), 9)
+        self.assertEqual(relay.parse_raw_drops(""), 0)
+
+    @FAST
+    @given(st.text(max_size=400))
+    def test_parsers_take_any_text(self, text: str) -> None:
+        """Whatever the files hold, the parsers return numbers and never raise."""
+        for section in relay.parse_snmp(text).values():
+            self.assertTrue(all(isinstance(v, int) for v in section.values()))
+        self.assertIsInstance(relay.parse_raw_drops(text), int)
+
+    def test_fragment_values(self) -> None:
+        """Per namespace and in total; the share counts the fragmenting namespaces' sends."""
+        before = {
+            "ha": {"Ip.FragOKs": 10, "Ip.FragCreates": 20, "Ip.OutRequests": 100},
+            "rl": {"Ip.ReasmOKs": 0, "Ip.OutRequests": 50, "raw4.drops": 1},
+            "mn": {"Ip.OutRequests": 0},
+        }
+        after = {
+            "ha": {"Ip.FragOKs": 90, "Ip.FragCreates": 180, "Ip.OutRequests": 200},
+            "rl": {"Ip.ReasmOKs": 80, "Ip.OutRequests": 1050, "raw4.drops": 3},
+            "mn": {"Ip.OutRequests": 7000},
+        }
+        delta = relay.counter_delta(before, after)
+        self.assertEqual(
+            delta["ha"], {"Ip.FragOKs": 80, "Ip.FragCreates": 160, "Ip.OutRequests": 100}
+        )
+        got = relay.fragment_values(delta)
+        self.assertEqual(
+            (got["fragmented"], got["fragments"], got["reassembled"]), (80.0, 160.0, 80.0)
+        )
+        self.assertEqual(got["fragmented_share"], 80.0)
+        self.assertEqual(got["drops"], 2.0)
+        self.assertEqual((got["ha_fragmented"], got["ha_sent"]), (80.0, 100.0))
+        self.assertEqual(got["rl_reassembled"], 80.0)
+        # A namespace read only once is left out; nothing read: no figures.
+        self.assertEqual(relay.counter_delta(before, {"ha": after["ha"]}).keys(), {"ha"})
+        empty = relay.fragment_values({})
+        self.assertIsNone(empty["fragmented"])
+        self.assertIsNone(empty["fragmented_share"])
+        none = relay.fragment_values({"mn": {"Ip.OutRequests": 5}})
+        self.assertEqual(none["fragmented"], 0.0)
+        self.assertIsNone(none["fragmented_share"])
+
+    def test_on_path(self) -> None:
+        """Direct is UDP; forward is the relay not keying; terminate the relay keying."""
+        direct = _relay_status("udp", "direct")
+        forward = _relay_status("relay", "direct")
+        terminate = _relay_status("relay", "relay-terminate")
+        self.assertTrue(relay.on_path(direct, "direct"))
+        self.assertTrue(relay.on_path(forward, "forward"))
+        self.assertTrue(relay.on_path(terminate, "terminate"))
+        self.assertFalse(relay.on_path(forward, "direct"))
+        self.assertFalse(relay.on_path(terminate, "forward"))
+        self.assertFalse(relay.on_path(forward, "terminate"))
+        self.assertFalse(relay.on_path(_relay_status("udp", "direct", "registering"), "direct"))
+        self.assertFalse(relay.on_path({}, "terminate"))
+        self.assertFalse(
+            relay.on_path(
+                {"state": "registered", "path": "relay", "tunnel": {"routes": "junk"}}, "terminate"
+            )
+        )
+        self.assertRaises(ValueError, relay.on_path, direct, "gateway")
+        self.assertEqual(
+            relay.describe_path(terminate),
+            "state registered, transport relay, route relay-terminate",
+        )
+        self.assertEqual(relay.describe_path({}), "state None, transport None, route None")
+
+    def test_relay_values(self) -> None:
+        """The relay's cores and seconds per GB; none without a reading or bytes."""
+        self.assertEqual(
+            relay.relay_values(2.0, 500_000_000, 4.0), {"relay_cores": 0.5, "relay_s_per_gb": 4.0}
+        )
+        self.assertEqual(
+            relay.relay_values(None, 500_000_000, 4.0),
+            {"relay_cores": None, "relay_s_per_gb": None},
+        )
+        self.assertIsNone(relay.relay_values(1.0, 0, 4.0)["relay_s_per_gb"])
+
+    def test_compare_and_notes(self) -> None:
+        """Relay / direct per case; no target; CPU-bound relay, busy machine, counters."""
+        result = _relay_result()
+        result.comparisons = relay.compare(result)
+        self.assertEqual(len(result.comparisons), 4)
+        first = result.comparisons[0]
+        self.assertEqual(first.label, "relay forward (V4) / direct, cn -> client")
+        self.assertEqual(first.values["mbps_ratio"], 0.4)
+        self.assertEqual(first.values["cpu_per_gb_ratio"], 3.0)
+        self.assertEqual(first.values["cpu_cores_ratio"], 1.0)
+        lines = relay.notes(result)
+        self.assertTrue(lines[0].startswith("no target: there is no independent peer"))
+        text = "\n".join(lines)
+        self.assertIn(
+            "relay forward (V4) / direct, cn -> client: 0.40x the throughput at "
+            "3.00x the CPU per GB",
+            text,
+        )
+        self.assertIn(
+            "relay terminate (V4), cn -> client: the relay used 0.95 cores: CPU-bound", text
+        )
+        self.assertNotIn("relay forward (V4), cn -> client: the relay used", text)
+        self.assertIn(
+            "the machine's 2 cores were 95-95 % busy in relay forward (V4), "
+            "cn -> client, relay forward (V4), client -> cn, relay terminate",
+            text,
+        )
+        self.assertIn(
+            "IP counters, relay forward (V4), cn -> client: ha fragmented 1,000 of "
+            "its 1,010 IP sends into 2,000 fragments, rl reassembled 1,000; drops 0",
+            text,
+        )
+        self.assertIn("IP counters, direct (V1, UDP), cn -> client: no packet fragmented", text)
+        self.assertIn(
+            "CPU by process, direct (V1, UDP), cn -> client: home agent 0.70 cores "
+            "(5.00 s/GB), relay 0.00 cores",
+            text,
+        )
+        # A failed direct row: no ratios, and the failed row has no lines.
+        row = result.row("direct", "cn -> client")
+        assert row is not None
+        row.error = "the client on the direct (V1, UDP) path: not ready after 45 s"
+        self.assertEqual(len(relay.compare(result)), 2)
+        self.assertNotIn(
+            "IP counters, direct (V1, UDP), cn -> client", "\n".join(relay.notes(result))
+        )
+
+    def test_document(self) -> None:
+        """The section: the relay columns, the ratios, no target, and it round-trips."""
+        result = _relay_result()
+        result.comparisons = relay.compare(result)
+        result.verdict = relay.notes(result)
+        back = ScenarioResult.from_json(json.loads(json.dumps(result.to_json())))
+        self.assertEqual(back, result)
+        section = report.render_section(back, relay.DESCRIPTION, "bench/results/latest-relay.json")
+        self.assertIn(
+            "| path, case | Mbit/s | retransmits | CPU s/GB | smobility CPU (cores) "
+            "| relay CPU (cores) | relay CPU s/GB | packets fragmented |",
+            section,
+        )
+        self.assertIn(
+            "| relay forward (V4), cn -> client | 400 | 0 | 30.00 | 1.20 | 0.60 | - "
+            "| 1,000 | 1.90 |",
+            section,
+        )
+        self.assertIn(
+            "| relay terminate (V4) / direct, client -> cn | 0.25 | 4.00 | 1.00 |", section
+        )
+        self.assertIn("no independent Mobile IP", section)
+        self.assertIn("- no target: there is no independent peer", section)
+        self.assertIn("make bench", report.DOC_HEAD)
+        self.assertIn("relay", report.DOC_HEAD)
+
+    def test_not_root_is_an_error_row(self) -> None:
+        """Without root every row is an error and the result is not ok: never a silent skip."""
+        lab = mock.Mock(prefix="smobbxyz")
+        ctx = BenchContext(
+            lab=lab,
+            work=Path(self.mktemp()),
+            duration=1.0,
+            only=frozenset({"direct", "forward"}),
+            say=lambda _: None,
+        )
+        with (
+            mock.patch("os.geteuid", return_value=1000),
+            mock.patch.object(relay, "machine_info", return_value={"nproc": 2}),
+        ):
+            result = relay.SCENARIO.run(ctx)
+        self.assertFalse(result.ok)
+        self.assertEqual([r.peer for r in result.rows], ["direct"] * 2 + ["forward"] * 2)
+        for row in result.rows:
+            self.assertEqual(row.error, "the relay scenario needs root (network namespaces)")
+        self.assertEqual(result.errors, ["the relay scenario needs root (network namespaces)"])
+        self.assertIsNone(result.target_met)
+        self.assertEqual(result.comparisons, [])
+        lab.move.assert_not_called()
+        self.assertIn("ERROR: the relay scenario needs root", report.render_text(result))

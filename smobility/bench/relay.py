@@ -42,7 +42,7 @@ from typing import Any
 
 from smobility.bench.context import BenchContext, BenchError, MissingTool
 from smobility.bench.cpu import CpuMeter
-from smobility.bench.http import _demo_step, cpu_lines, per_process_cores
+from smobility.bench.http import _demo_step, per_process_cores
 from smobility.bench.iperf import IperfError, client_argv, parse_iperf3, server_argv
 from smobility.bench.peers import TunnelPeer, first_line, reachable
 from smobility.bench.results import (
@@ -97,6 +97,15 @@ IP_KEYS = (
 """The C{Ip:} counters of C{/proc/net/snmp} kept per namespace and test."""
 UDP_KEYS = ("RcvbufErrors", "SndbufErrors", "InErrors")
 """The C{Udp:} counters kept per namespace and test."""
+DROP_KEYS = (
+    "Ip.FragFails",
+    "Ip.ReasmFails",
+    "Ip.OutDiscards",
+    "Udp.RcvbufErrors",
+    "Udp.SndbufErrors",
+    f"raw{IPIP_PROTOCOL}.drops",
+)
+"""The counters that count a packet lost (the C{drops} figure)."""
 
 
 @dataclass(frozen=True)
@@ -132,19 +141,26 @@ COMPARISON_COLUMNS = [
     Column("cpu_cores_ratio", "smobility CPU x", "{:.2f}"),
 ]
 SAMPLE_KEYS = (
-    "mbps",
-    "retransmits",
-    "cpu_s_per_gb",
-    "cpu_cores",
-    "relay_cores",
-    "relay_s_per_gb",
-    "fragmented",
-    "fragments",
-    "reassembled",
-    "sent_packets",
-    "fragmented_share",
-    "drops",
-    "host_cores",
+    (
+        "mbps",
+        "retransmits",
+        "cpu_s_per_gb",
+        "cpu_cores",
+        "relay_cores",
+        "relay_s_per_gb",
+        "fragmented",
+        "fragments",
+        "reassembled",
+        "fragmented_share",
+        "drops",
+        "host_cores",
+    )
+    + tuple(
+        f"{role}_{what}"
+        for role in NAMESPACES
+        for what in ("fragmented", "sent", "fragments", "reassembled")
+    )
+    + tuple(f"s_per_gb_{name.replace(' ', '_')}" for name in PROCESSES)
 )
 
 DESCRIPTION = """\
@@ -153,7 +169,7 @@ the relay path of [relay.md](relay.md) against the direct path, in the same
 lab and the same run. Home agent (`ha`), relay (`rl`, 172.31.4.2, on the
 public side of the home firewall, which admits only IP protocol 4 from it)
 and client (`mn`) are the roaming demo's `twistd`s, configured by
-`Demo.write_configs`; ESP is AES-128-GCM. Three paths between the
+`Demo.write_configs`; ESP is AES-GCM (RFC 4106). Three paths between the
 correspondent (`cn`, home LAN) and the client's home address 10.77.0.10:
 
 - *direct*: the client in V1 (routed), transport UDP: ESP-in-UDP straight to
@@ -187,14 +203,16 @@ direct path) in cores and per GB; *packets fragmented* IP packets the
 kernel had to fragment on sending in `mn`, `rl` and `ha` during the test
 (`FragOKs` of `/proc/net/snmp` in each namespace; IP-in-IP adds 20 bytes to
 an ESP packet that already filled the 1500-byte path); *machine busy* all
-cores. The lines under the ratios give each process's share and the
-fragmentation and drop counters per path; the JSON keeps every counter per
-namespace and test (`ip_counters`).
+cores. The lines under the ratios say which namespace fragmented and
+which reassembled how many packets, the drops (failed fragmentations or
+reassemblies, outgoing discards, UDP buffer errors, drops at the raw
+protocol-4 sockets), and each process's CPU in cores and seconds per GB;
+the JSON keeps every counter per namespace and test (`ip_counters`).
 
 There is no independent peer for the relayed path: no independent Mobile IP
-foreign agent (nor an IP-in-IP relay with the seed's security) is available
-to run here, so the scenario has no target. It reports the relayed paths
-against the direct one within the run (*ratio* rows: relay / direct).
+foreign agent is available to run here, so the scenario has no target. It
+reports the relayed paths against the direct one within the run (*ratio*
+rows: relay / direct).
 """
 
 
@@ -284,41 +302,42 @@ def counter_delta(
 
 def fragment_values(delta: Mapping[str, Mapping[str, int]]) -> dict[str, float | None]:
     """
-    The fragmentation and drop figures of one test, over all namespaces read.
+    The fragmentation and drop figures of one test, from L{counter_delta}'s output.
 
-    C{fragmented}: packets fragmented on sending (C{FragOKs}); C{fragments}:
-    the fragments made (C{FragCreates}); C{reassembled}: packets reassembled
-    (C{ReasmOKs}); C{sent_packets}: IP packets sent (C{OutRequests});
-    C{fragmented_share}: fragmented per sent, in percent; C{drops}: fragments
-    that failed, reassemblies that failed, outgoing discards, UDP buffer
-    errors and raw protocol-4 socket drops together.
+    Over all namespaces: C{fragmented}, packets the kernel fragmented on
+    sending (C{FragOKs}); C{fragments}, the fragments it made
+    (C{FragCreates}); C{reassembled}, packets reassembled (C{ReasmOKs});
+    C{drops}, failed fragmentations and reassemblies, outgoing discards, UDP
+    buffer errors and raw protocol-4 socket drops together;
+    C{fragmented_share}, the fragmented packets per 100 IP sends
+    (C{OutRequests}) of the namespaces that fragmented (a UDP GSO send is one
+    request for many packets, so shares across namespaces would mislead).
+    Per namespace C{<role>_fragmented}, C{<role>_sent} (C{OutRequests}),
+    C{<role>_fragments} and C{<role>_reassembled}.
     """
-
-    def total(key: str) -> int:
-        return sum(counters.get(key, 0) for counters in delta.values())
-
+    out: dict[str, float | None] = {}
+    totals = dict.fromkeys(("fragmented", "fragments", "reassembled", "drops"), 0)
+    fragmenting_sent = 0
+    for role, counters in delta.items():
+        fragmented = counters.get("Ip.FragOKs", 0)
+        sent = counters.get("Ip.OutRequests", 0)
+        out[f"{role}_fragmented"] = float(fragmented)
+        out[f"{role}_sent"] = float(sent)
+        out[f"{role}_fragments"] = float(counters.get("Ip.FragCreates", 0))
+        out[f"{role}_reassembled"] = float(counters.get("Ip.ReasmOKs", 0))
+        totals["fragmented"] += fragmented
+        totals["fragments"] += counters.get("Ip.FragCreates", 0)
+        totals["reassembled"] += counters.get("Ip.ReasmOKs", 0)
+        totals["drops"] += sum(counters.get(k, 0) for k in DROP_KEYS)
+        if fragmented:
+            fragmenting_sent += sent
     if not delta:
-        return dict.fromkeys(
-            ("fragmented", "fragments", "reassembled", "sent_packets", "fragmented_share", "drops")
-        )
-    sent = total("Ip.OutRequests")
-    fragmented = total("Ip.FragOKs")
-    drop_keys = (
-        "Ip.FragFails",
-        "Ip.ReasmFails",
-        "Ip.OutDiscards",
-        "Udp.RcvbufErrors",
-        "Udp.SndbufErrors",
-        f"raw{IPIP_PROTOCOL}.drops",
+        return dict.fromkeys((*totals, "fragmented_share"))
+    out.update({k: float(v) for k, v in totals.items()})
+    out["fragmented_share"] = (
+        100.0 * totals["fragmented"] / fragmenting_sent if fragmenting_sent > 0 else None
     )
-    return {
-        "fragmented": float(fragmented),
-        "fragments": float(total("Ip.FragCreates")),
-        "reassembled": float(total("Ip.ReasmOKs")),
-        "sent_packets": float(sent),
-        "fragmented_share": 100.0 * fragmented / sent if sent > 0 else None,
-        "drops": float(sum(total(k) for k in drop_keys)),
-    }
+    return out
 
 
 # -- the client's path ----------------------------------------------------------------
@@ -410,10 +429,56 @@ def _n(value: float | None) -> str:
     return "?" if value is None else f"{value:,.0f}"
 
 
+def ip_line(row: Row) -> str:
+    """One row's fragmentation in words: who fragmented how much, who reassembled, drops."""
+    v = row.values
+    parts = []
+    for role in NAMESPACES:
+        fragmented = v.get(f"{role}_fragmented")
+        if fragmented:
+            parts.append(
+                f"{role} fragmented {_n(fragmented)} of its {_n(v.get(f'{role}_sent'))} IP sends "
+                f"into {_n(v.get(f'{role}_fragments'))} fragments"
+            )
+    for role in NAMESPACES:
+        reassembled = v.get(f"{role}_reassembled")
+        if reassembled:
+            parts.append(f"{role} reassembled {_n(reassembled)}")
+    if not parts:
+        parts.append("no packet fragmented" if v.get("fragmented") is not None else "not read")
+    return f"IP counters, {row.label}: " + ", ".join(parts) + f"; drops {_n(v.get('drops'))}"
+
+
+def _process_key(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def process_lines(result: ScenarioResult) -> list[str]:
+    """Per measured row, each of our processes' median cores and CPU seconds per GB."""
+    lines = []
+    for row in result.rows:
+        if row.error is not None:
+            continue
+        parts = []
+        for name in PROCESSES:
+            cores = row.values.get(f"cores_{_process_key(name)}")
+            per_gb = row.values.get(f"s_per_gb_{_process_key(name)}")
+            if cores is None:
+                continue
+            parts.append(
+                f"{name} {cores:.2f} cores"
+                + (f" ({per_gb:.2f} s/GB)" if per_gb is not None else "")
+            )
+        if parts:
+            lines.append(f"CPU by process, {row.label}: " + ", ".join(parts))
+    return lines
+
+
 def notes(result: ScenarioResult) -> list[str]:
     """
-    The lines under the tables: no target, ratios in words, CPU-bound processes,
-    fragmentation and drops per row, each process's CPU.
+    The lines under the tables: no target, ratios in words, a saturated
+    machine or a CPU-bound relay, fragmentation and drops per row, each
+    process's CPU.
     """
     lines = [
         "no target: there is no independent peer for the relayed path (no independent "
@@ -425,24 +490,34 @@ def notes(result: ScenarioResult) -> list[str]:
             f"{comp.label}: {_x(comp.values.get('mbps_ratio'))} the throughput at "
             f"{_x(comp.values.get('cpu_per_gb_ratio'))} the CPU per GB"
         )
+    nproc = result.machine.get("nproc")
+    busy_rows = []
     for row in result.rows:
         if row.error is not None:
             continue
-        v = row.values
-        relay = v.get("relay_cores")
+        relay = row.values.get("relay_cores")
+        busy = row.values.get("host_cores")
         if row.peer != "direct" and relay is not None and relay >= CPU_BOUND:
             lines.append(
                 f"{row.label}: the relay used {relay:.2f} cores: CPU-bound "
                 "(one single-threaded process)"
             )
-        share = v.get("fragmented_share")
-        lines.append(
-            f"IP counters, {row.label}: {_n(v.get('fragmented'))} packets fragmented"
-            + (f" ({share:.1f} % of {_n(v.get('sent_packets'))} sent)" if share is not None else "")
-            + f", {_n(v.get('fragments'))} fragments made, {_n(v.get('reassembled'))} "
-            f"reassembled; drops {_n(v.get('drops'))}"
+        if isinstance(nproc, int) and nproc > 0 and busy is not None:
+            busy_rows.append((row.label, 100 * busy / nproc))
+    saturated = [share for _, share in busy_rows if share >= 100 * CPU_BOUND]
+    if saturated:
+        which = (
+            "every test"
+            if len(saturated) == len(busy_rows)
+            else ", ".join(lbl for lbl, share in busy_rows if share >= 100 * CPU_BOUND)
         )
-    lines += cpu_lines(result)
+        lines.append(
+            f"the machine's {nproc} cores were {min(saturated):.0f}-{max(saturated):.0f} % busy "
+            f"in {which}: throughput is bound by the CPU our three processes, iperf3 and the "
+            "kernel share, so CPU per GB is the fairer comparison"
+        )
+    lines += [ip_line(row) for row in result.rows if row.error is None]
+    lines += process_lines(result)
     return lines
 
 
@@ -542,7 +617,11 @@ class RelaySetup(TunnelPeer):
         return self.demo.status() if self.demo is not None else {}
 
     def stop(self) -> None:
-        """Stop the demo's processes (by PID) and close their logs."""
+        """
+        Stop the client first (it deregisters while the relay and home agent
+        still run), then the rest of the demo's processes, all by PID.
+        """
+        self.ctx.stop([p for p in self.procs if self.names.get(p.pid) == "client"])
         if self.demo is not None:
             self.demo.stop_all()
 
@@ -767,6 +846,12 @@ class RelayScenario:
             host_busy_s=host_s,
             cpu_by_process={
                 peer.names.get(pid, str(pid)): round(s, 3) for pid, s in by_pid.items()
+            },
+            **{
+                f"s_per_gb_{_process_key(peer.names.get(pid, str(pid)))}": (
+                    s / (got.bytes / 1e9) if got.bytes > 0 else None
+                )
+                for pid, s in by_pid.items()
             },
             ip_counters=delta,
             client_path=describe_path(status),

@@ -144,6 +144,9 @@ python -m smobility.bench [--quick] [--duration S] [--rounds N]
                           [--only smobility,openvpn,wireguard,bare] [--scenario tunnel]
 ```
 
+Scenarios: `tunnel`, `http`, `ike` and `relay` (all of them by default, in
+that order); `--help` lists the peers each one takes.
+
 `--quick` measures 4 s per test instead of 10; `--only` picks peers; a peer
 that is not installed or does not come up is an error row and makes the exit
 status non-zero (it is never skipped silently); `--require-target` also fails

@@ -60,6 +60,7 @@ SOCKS_PORT = 1080
 PROXY_ADDR = "192.168.103.3"
 RELAY = "172.31.4.2"
 RELAY_ID = "relay.lab.example"
+RELAY_POOL = "10.79.0.0/24"
 GW_PUBLIC = "172.31.5.2"
 GW_ID = "gw.home.example"
 CLIENT_ID = "laptop.home.example"
@@ -178,6 +179,8 @@ password_file = "{keys / "proxy-password"}"
         """
         pubkey = mode == "terminate-pubkey"
         mode = "terminate" if pubkey else mode
+        if mode == "gateway":
+            return self._setup_relay_gateway(home)
         keys = self.work / "keys"
         for name in ("faha", "mnfa"):
             f = keys / name
@@ -284,6 +287,56 @@ spi = 3000
 key_file = "{keys / "mnfa"}"
 fallback_after = 2.5
 {client_ike}"""
+
+    def _setup_relay_gateway(self, home: Path) -> str:
+        """The relay as the client's IPsec VPN gateway (figure 7, shared keys)."""
+        keys = self.work / "keys"
+        for name in ("faha", "laptop-relay-psk"):
+            f = keys / name
+            f.write_text(secrets.token_hex(16) + "\n")
+            f.chmod(0o600)
+        with home.open("a") as out:
+            out.write(
+                f"""
+[[relay]]
+address = "{RELAY}"
+spi = 2000
+key_file = "{keys / "faha"}"
+gateway = true
+"""
+            )
+        (self.work / "relay.toml").write_text(
+            f"""
+[relay]
+address = "{RELAY}"
+mode = "gateway"
+
+[ike]
+identity = "{RELAY_ID}"
+pool = "{RELAY_POOL}"
+
+[[home_agent]]
+address = "{HA}"
+spi = 2000
+key_file = "{keys / "faha"}"
+inside_address = "{HA_LAN}"
+
+[[visitor]]
+name = "laptop"
+ike_identity = "laptop.example"
+psk_file = "{keys / "laptop-relay-psk"}"
+"""
+        )
+        return f"""
+[[transport]]
+kind = "gateway"
+gateway = "{RELAY}"
+inside_home_agent = "{HA_LAN}"
+identity = "laptop.example"
+psk_file = "{keys / "laptop-relay-psk"}"
+gateway_identity = "{RELAY_ID}"
+fallback_after = 4
+"""
 
     def start_relay(self) -> subprocess.Popen[bytes]:
         """Start the relay (namespace rl)."""

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -31,13 +32,21 @@ Address = tuple[str, int]
 
 @dataclass(eq=False)
 class Flow:
-    """One client flow and the relay port standing for it towards its home agent."""
+    """One client flow and the relay port standing for it towards its home agent.
+
+    ``home_port`` is the home agent's port of the flow; ``inside`` (only for
+    a :class:`GatewayTranslator` flow) the home agent's inside address the
+    client addressed.
+    """
 
     client: Address
     port: int
     home_agent: str
     visitor: str
     last: float
+    home_port: int = 4500
+    inside: str | None = None
+    key: tuple[str, int, str, int] | None = None
 
     def stats(self) -> dict[str, object]:
         """The flow as plain data."""
@@ -73,7 +82,9 @@ class RelayForwarder:
         self.counters: Counter[str] = Counter()
         # Source address of a visitor's registration -> (visitor, its home agent).
         self.allowed: dict[str, tuple[str, str]] = {}
-        self.by_client: dict[Address, Flow] = {}
+        # A client's flow by its address (forward mode), or by (source, port,
+        # destination, port) of its inner UDP (gateway).
+        self.by_client: dict[Address | tuple[str, int, str, int], Flow] = {}
         self.by_port: dict[int, Flow] = {}
         self._next_port = ports[0]
         self._sweep: IDelayedCall | None = None
@@ -161,7 +172,7 @@ class RelayForwarder:
         if port is None:
             self.counters["dropped_table_full"] += 1
             return None
-        flow = Flow(addr, port, owner[1], owner[0], now)
+        flow = Flow(addr, port, owner[1], owner[0], now, self.home_port)
         self.by_client[addr] = flow
         self.by_port[port] = flow
         self.counters["flows_made"] += 1
@@ -182,8 +193,9 @@ class RelayForwarder:
         return None
 
     def _end(self, flow: Flow, why: str) -> None:
-        if self.by_client.get(flow.client) is flow:
-            del self.by_client[flow.client]
+        key = flow.key if flow.key is not None else flow.client
+        if self.by_client.get(key) is flow:
+            del self.by_client[key]
         if self.by_port.get(flow.port) is flow:
             del self.by_port[flow.port]
         self.counters["flows_ended"] += 1
@@ -218,3 +230,103 @@ class RelayForwarder:
             "flows": [f.stats() for f in self.by_client.values()],
             "visitors": len(self.allowed),
         }
+
+
+#: What a relay acting as VPN gateway lets its clients reach: the home agent's
+#: registration port (RFC 5944) and its ESP-in-UDP/IKE port (RFC 3948).
+GATEWAY_PORTS = frozenset({434, 4500})
+
+
+class GatewayTranslator(RelayForwarder):
+    """Flow table of a relay acting as its clients' IPsec VPN gateway (figure 7).
+
+    Inside its tunnel the client sends UDP from its virtual address to a home
+    agent's inside address (registrations to 434, its own ESP and IKE with
+    home to 4500).  Each such flow gets a relay port and is carried to the
+    home agent's outer address inside IP-in-IP, from that port; what comes
+    back to the port goes to the client as if from the inside address.  The
+    home agent sees the relay like a NAT (RFC 3519).
+
+    Never an open relay: flows exist only for clients whose tunnel is up
+    (``visitor_changed`` with their virtual address), only to the configured
+    inside addresses (``inside``: inside address -> the home agent's outer
+    address) and only to :data:`GATEWAY_PORTS`.
+    """
+
+    def __init__(self, *, inside: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inside = dict(inside)
+
+    def from_inner(
+        self,
+        items: Iterable[tuple[bytes, str, int, str, int]],
+        out: list[tuple[bytes, int, str, int]],
+    ) -> None:
+        """UDP from clients ``(payload, src, sport, dst, dport)`` -> ``out`` as for the relay."""
+        now = self.clock.seconds()
+        by_client = self.by_client
+        append = out.append
+        counters = self.counters
+        before = len(out)
+        for payload, src, sport, dst, dport in items:
+            key = (src, sport, dst, dport)
+            flow = by_client.get(key)
+            if flow is None:
+                home_agent = self.inside.get(dst)
+                if home_agent is None or dport not in GATEWAY_PORTS:
+                    counters["dropped_not_home_agent"] += 1
+                    continue
+                flow = self._new_inner(key, home_agent, now)
+                if flow is None:
+                    continue
+            flow.last = now
+            append((payload, flow.port, flow.home_agent, dport))
+        counters["from_clients"] += len(out) - before
+
+    def from_home_flows(
+        self,
+        items: Iterable[tuple[int, bytes, Address]],
+        out: list[tuple[bytes, Flow]],
+    ) -> None:
+        """Datagrams from home agents -> ``out`` as (payload, the flow they belong to)."""
+        now = self.clock.seconds()
+        by_port = self.by_port
+        append = out.append
+        counters = self.counters
+        before = len(out)
+        for port, payload, source in items:
+            flow = by_port.get(port)
+            if flow is None:
+                counters["dropped_no_flow"] += 1
+                continue
+            if source[0] != flow.home_agent or source[1] != flow.home_port:
+                counters["dropped_wrong_home_agent"] += 1
+                continue
+            flow.last = now
+            append((payload, flow))
+        counters["from_home"] += len(out) - before
+
+    def _new_inner(
+        self, key: tuple[str, int, str, int], home_agent: str, now: float
+    ) -> Flow | None:
+        owner = self.allowed.get(key[0])
+        if owner is None:
+            self.counters["dropped_not_visitor"] += 1
+            return None
+        if len(self.by_client) >= self.max_flows:
+            self.counters["dropped_table_full"] += 1
+            return None
+        port = self._free_port()
+        if port is None:
+            self.counters["dropped_table_full"] += 1
+            return None
+        flow = Flow((key[0], key[1]), port, home_agent, owner[0], now, key[3], key[2], key)
+        self.by_client[key] = flow
+        self.by_port[port] = flow
+        self.counters["flows_made"] += 1
+        self.log.info(
+            "flow for {visitor}: {src}:{sport} -> {dst}:{dport} <-> relay port {port} <-> {ha}",
+            visitor=owner[0], src=key[0], sport=key[1], dst=key[2], dport=key[3], port=port,
+            ha=home_agent,
+        )  # fmt: skip
+        return flow

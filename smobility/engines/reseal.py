@@ -127,16 +127,21 @@ class Visitor:
     """A visiting client of the relay: its home address and its two legs.
 
     ``home_address`` holds the 4 bytes of the client's home address, or
-    ``b""`` while only the home leg is known.
+    ``b""`` while only the home leg is known.  A ``plain`` visitor (a client
+    of the relay as VPN gateway) has no home leg: its opened packets are
+    handed out as they are (``from_clients(..., plain=...)``), and packets
+    for it are sealed with :meth:`ReSealer.seal_to_client`; ``home_address``
+    is then its virtual address.
     """
 
-    __slots__ = ("name", "home_address", "client", "home")
+    __slots__ = ("name", "home_address", "client", "home", "plain")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.home_address = b""
         self.client: Leg | None = None
         self.home: Leg | None = None
+        self.plain = False
 
     def drops(self) -> Counter[str]:
         """Drops of both legs together."""
@@ -204,8 +209,13 @@ class ReSealer:
         inbound: InboundSA,
         outbound: OutboundSA,
         addr: Address,
+        *,
+        plain: bool = False,
     ) -> None:
         """Install or replace the visitor's client leg (a new CHILD_SA, not a rekey).
+
+        ``plain``: the visitor is a client of the relay as VPN gateway (no
+        home leg; see :class:`Visitor`).
 
         ``addr`` is the client's outer (host, port); only datagrams from
         ``addr[0]`` are accepted on this leg, and an authenticated one from
@@ -230,6 +240,7 @@ class ReSealer:
         v.home_address = packed
         self.by_home_address[packed] = v
         v.client = Leg(v, inbound, outbound, addr)
+        v.plain = plain
         self.client_spis[inbound.spi] = v.client
         self.log.info(
             "client leg of {visitor} ({hoa}) at {host}:{port}: spi_in 0x{i:08x} spi_out 0x{o:08x}",
@@ -429,11 +440,14 @@ class ReSealer:
         self,
         datagrams: Iterable[tuple[bytes, Address]],
         out: list[tuple[bytes, int, str, int]],
+        plain: list[tuple[Visitor, bytes]] | None = None,
     ) -> None:
         """Re-seal a batch from the client socket for the home agents.
 
         Appends ``(esp, local_port, home_agent, home_port)`` to ``out`` for
         each packet that passes; counts every other datagram.  Never raises.
+        The packets of ``plain`` visitors go to ``plain`` as ``(visitor,
+        inner packet)``, checked like the others (source: their address).
         """
         index = self.client_spis
         counters = self.counters
@@ -489,6 +503,11 @@ class ReSealer:
                 continue
             home = visitor.home
             if home is None:
+                if visitor.plain and plain is not None:
+                    leg.packets_in += 1
+                    leg.bytes_in += size
+                    plain.append((visitor, inner))
+                    continue
                 leg.drops["home_sa_pending"] += 1
                 counters["home_sa_pending"] += 1
                 continue
@@ -582,6 +601,31 @@ class ReSealer:
             client.bytes_out += size
             append((esp, client.addr))
         counters["resealed_to_clients"] += len(out) - before
+
+    def seal_to_client(self, visitor: Visitor, inner: bytes) -> tuple[bytes, Address] | None:
+        """Seal an IPv4 packet addressed to a visitor's own address for its client.
+
+        For ``plain`` visitors (the relay as VPN gateway): ``None``, counted,
+        when the packet is not addressed to the visitor or it has no client
+        leg (any more).
+        """
+        counters = self.counters
+        if not inner.startswith(visitor.home_address, 16) or not visitor.home_address:
+            counters["wrong_inner_destination"] += 1
+            return None
+        client = visitor.client
+        if client is None:
+            counters["client_sa_pending"] += 1
+            return None
+        try:
+            esp = client.outbound.seal(inner)
+        except SAExpired as e:
+            self._expired(client, "client", e)
+            return None
+        client.packets_out += 1
+        client.bytes_out += len(inner)
+        counters["sealed_to_clients"] += 1
+        return esp, client.addr
 
     def dummy_to_client(self, visitor: str) -> tuple[bytes, Address] | None:
         """An authenticated dummy ESP packet (next header 59) for the visitor's client.

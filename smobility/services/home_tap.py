@@ -103,7 +103,9 @@ class HomeAgentService(service.MultiService):
                 clock=self.reactor,
                 replay_window=cfg.replay_window,
                 foreign_agents=[
-                    ForeignAgentEntry(r.address, r.auth.spi, r.auth.key, r.auth.algorithm)
+                    ForeignAgentEntry(
+                        r.address, r.auth.spi, r.auth.key, r.auth.algorithm, gateway=r.gateway
+                    )
                     for r in cfg.relays
                 ],
             )

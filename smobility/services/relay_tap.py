@@ -45,7 +45,9 @@ class Options(ConfigOptions):
         "registrations of visiting clients (Mobile-Foreign authentication), forwards "
         "them to their home agent with its own Foreign-Home authentication, and "
         "carries the clients' end-to-end ESP to the home agent inside IP-in-IP "
-        "(RFC 2003), the only traffic the home firewall admits from it.  Needs root "
+        "(RFC 2003), the only traffic the home firewall admits from it.  relay.mode "
+        '"terminate" ends the clients\' ESP at the relay (its own IKEv2 with them and with '
+        'home on their behalf); "gateway" makes the relay their IPsec VPN gateway.  Needs root '
         "(raw IP-in-IP socket, UDP port 434).  Example configuration: etc/relay.toml "
         "(every key is explained in doc/configuration.md)."
     )
@@ -107,13 +109,17 @@ class RelayService(service.Service):
             pending_timeout=cfg.pending_timeout,
         )
         self.forwarder = RelayForwarder(clock=reactor, home_port=HOME_ESP_PORT)
+        # "terminate" and "gateway" modes: who handles the clients' ESP port
+        # and what comes from home (from_clients, from_home, stop, stats).
         self.terminator: Any = None
-        if cfg.mode == "terminate":
+        if cfg.mode in ("terminate", "gateway"):
             from smobility import pki
+            from smobility.services.relay_gateway import RelayGateway
             from smobility.services.relay_terminate import RelayTerminator
 
+            kind = RelayTerminator if cfg.mode == "terminate" else RelayGateway
             try:
-                self.terminator = RelayTerminator(
+                self.terminator = kind(
                     cfg, reactor, send_clients=self._send_clients, send_home=self._send_home_many
                 )
             except (pki.PKIError, ValueError) as e:
@@ -145,9 +151,10 @@ class RelayService(service.Service):
             self.ipip = None
             raise SystemExit(f"smobility-relay: {e}") from None
         try:
-            self.port = self.reactor.listenUDP(
-                cfg.port, _RegistrationPort(self), interface=cfg.listen
-            )
+            if cfg.mode != "gateway":  # as VPN gateway, registrations go inside the tunnels
+                self.port = self.reactor.listenUDP(
+                    cfg.port, _RegistrationPort(self), interface=cfg.listen
+                )
         except CannotListenError as e:
             self._close()
             raise SystemExit(
@@ -164,16 +171,27 @@ class RelayService(service.Service):
                 f"smobility-relay: cannot listen on UDP {cfg.listen}:{cfg.esp_port} for the "
                 f"visitors' ESP ({e.socket_error})"
             ) from None
-        self.log.info(
-            "relay {address} ({mode} mode): registrations on UDP {listen}:{port}, visitors' "
-            "ESP on {esp}, IP-in-IP to {homes}; {n} visitor key(s), lifetimes at most {life} s",
-            address=cfg.address, mode=cfg.mode, listen=cfg.listen, port=cfg.port,
-            esp=cfg.esp_port, homes=", ".join(homes), n=len(cfg.visitors), life=cfg.max_lifetime,
-        )  # fmt: skip
+        if cfg.mode == "gateway":
+            assert cfg.ike is not None
+            self.log.info(
+                "relay {address} as IPsec VPN gateway: IKE and ESP on UDP {listen}:{esp}, "
+                "virtual addresses from {pool} for {n} client(s), IP-in-IP to {homes}",
+                address=cfg.address, listen=cfg.listen, esp=cfg.esp_port, pool=cfg.ike.pool,
+                n=len(cfg.visitors), homes=", ".join(homes),
+            )  # fmt: skip
+        else:
+            self.log.info(
+                "relay {address} ({mode} mode): registrations on UDP {listen}:{port}, visitors' "
+                "ESP on {esp}, IP-in-IP to {homes}; {n} visitor key(s), lifetimes at most "
+                "{life} s",
+                address=cfg.address, mode=cfg.mode, listen=cfg.listen, port=cfg.port,
+                esp=cfg.esp_port, homes=", ".join(homes), n=len(cfg.visitors),
+                life=cfg.max_lifetime,
+            )  # fmt: skip
         super().privilegedStartService()
 
     def startService(self) -> None:  # noqa: N802
-        if self.port is None:
+        if self.ipip is None:
             self.privilegedStartService()
         super().startService()
 
@@ -224,7 +242,7 @@ class RelayService(service.Service):
             self.log.warn("cannot send to {host}: {why}", host=addr[0], why=e.strerror)
 
     def _visitor(self, visitor: Any, present: bool) -> None:
-        if self.terminator is not None:
+        if self.cfg.mode == "terminate":
             self.terminator.visitor_changed(visitor.name, str(visitor.home_agent), present)
             return
         self.forwarder.visitor_changed(
@@ -252,6 +270,9 @@ class RelayService(service.Service):
         out.clear()
 
     def _from_home(self, items: list[tuple[int, bytes, tuple[str, int]]]) -> None:
+        if self.cfg.mode == "gateway":
+            self.terminator.from_home(items)
+            return
         rest: list[tuple[int, bytes, tuple[str, int]]] = []
         for item in items:
             if item[0] == 434:
