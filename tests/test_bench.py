@@ -880,9 +880,18 @@ class RelayScenarioTests(SynchronousTestCase):
         )
         self.assertNotIn("relay forward (V4), cn -> client: the relay used", text)
         self.assertIn(
-            "the machine's 2 cores were 95-95 % busy in relay forward (V4), "
-            "cn -> client, relay forward (V4), client -> cn, relay terminate",
+            "the machine's 2 cores were 95-95 % busy in every test but direct (V1, UDP), "
+            "cn -> client, direct (V1, UDP), client -> cn: throughput is bound",
             text,
+        )
+        # Fewer busy tests than calm ones: the busy ones are named.
+        for row in result.rows:
+            if row.peer == "terminate":
+                row.values["host_cores"] = 1.0
+        self.assertIn(
+            "were 95-95 % busy in relay forward (V4), cn -> client, relay forward (V4), "
+            "client -> cn: throughput",
+            "\n".join(relay.notes(result)),
         )
         self.assertIn(
             "IP counters, relay forward (V4), cn -> client: ha fragmented 1,000 of "

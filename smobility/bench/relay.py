@@ -506,11 +506,13 @@ def notes(result: ScenarioResult) -> list[str]:
             busy_rows.append((row.label, 100 * busy / nproc))
     saturated = [share for _, share in busy_rows if share >= 100 * CPU_BOUND]
     if saturated:
-        which = (
-            "every test"
-            if len(saturated) == len(busy_rows)
-            else ", ".join(lbl for lbl, share in busy_rows if share >= 100 * CPU_BOUND)
-        )
+        calm = [lbl for lbl, share in busy_rows if share < 100 * CPU_BOUND]
+        if not calm:
+            which = "every test"
+        elif len(calm) < len(saturated):
+            which = "every test but " + ", ".join(calm)
+        else:
+            which = ", ".join(lbl for lbl, share in busy_rows if share >= 100 * CPU_BOUND)
         lines.append(
             f"the machine's {nproc} cores were {min(saturated):.0f}-{max(saturated):.0f} % busy "
             f"in {which}: throughput is bound by the CPU our three processes, iperf3 and the "
