@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from smobility.demo.roam import HA, HOA, RELAY
@@ -155,3 +156,65 @@ class RelayTerminateCertificateTests(_TerminateLab):
         self.assertIn("IKE SA", relay)
         self.assertRegex(relay, r"IKE: IKE SA \S+ up with laptop\.example")
         self.assertRegex(self.log("home"), r"IKE: IKE SA \S+ up with relay\.lab\.example")
+
+
+class RelayTerminateWithHomeIKETests(_TerminateLab):
+    """The client keys its tunnel with home by IKEv2: on the terminating relay its IKE
+    with home rests, and back on a direct path it makes a fresh IKE SA at once."""
+
+    def configure(self, home: Path, client: Path) -> None:
+        from tests.test_ike_roaming import _ike_configs
+
+        home_text = home.read_text()
+        relay = home_text[home_text.index("[[relay]]"):]
+        client_text = client.read_text()
+        transports = client_text[client_text.index("[[transport]]"):]
+        _ike_configs(home, client, self.work / "keys", pubkey=False)
+        # The relay's [[relay]] (with its IKE identity) and its [ike] table: the
+        # home agent's [ike] now comes from _ike_configs, so drop the relay's copy.
+        relay = relay[: relay.index("[ike]")] if "[ike]" in relay else relay
+        home.write_text(home.read_text() + "\n" + relay)
+        text = client.read_text()
+        if "[[transport]]" not in text:
+            client.write_text(text + "\n" + transports)
+
+    def test_moves_with_ike_home(self) -> None:
+        assert self.demo is not None
+        self.start_client("v1")
+        st = self.wait_ike_home()
+        first = st["tunnel"]["routes"][0]["spi_in"]
+        clients = self.streams()
+        self.wait_flowing()
+        self.go("v4")
+        self.wait_path("relay")
+        self.wait_relay_keyed()
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.go("v1")
+        self.wait_path("udp")
+        st = self.wait_ike_home(not_spi=first)
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        self.assert_survived(self.finish(clients))
+        client = self.log("client")
+        # IKE with home twice (at the start, and fresh after the relay), never
+        # through the terminating relay.
+        self.assertEqual(client.count("IKE: initiating"), 3, self.why())  # home, relay, home
+        self.assertEqual(client.count("registered: starting IKE with 172.31.0.2"), 2, self.why())
+
+    def wait_ike_home(self, timeout: float = 30.0, not_spi: str | None = None) -> dict[str, Any]:
+        assert self.demo is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.demo.status()
+            routes = st.get("tunnel", {}).get("routes") or []
+            if (
+                routes
+                and routes[0].get("path") == "direct"
+                and routes[0].get("peer", "").startswith(f"{HA}:")
+                and routes[0].get("spi_in") != not_spi
+                and st.get("ike", {}).get("ike_sas")
+            ):
+                return st
+            time.sleep(0.1)
+        self.fail(f"no IKE-keyed tunnel with home: {self.demo.status()}\n{self.why()}")
