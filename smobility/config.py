@@ -1848,6 +1848,11 @@ def load_relay(path: str | os.PathLike[str]) -> RelayConfig:
                 "the home agent's address inside the home network, where the relay's VPN "
                 'clients register (such as "10.77.0.1")',
             )
+            if ike is not None and ike.pool is not None and inside in ike.pool:
+                h.fail(
+                    "inside_address", f"{inside} is in ike.pool {ike.pool}",
+                    "an address of the home network outside the VPN clients' pool",
+                )  # fmt: skip
         elif h.has("inside_address"):
             h.warn("inside_address", 'is ignored because relay.mode is not "gateway"')
         if ike is not None:

@@ -251,6 +251,7 @@ class ExampleTests(SynchronousTestCase):
         ((ha, faha),) = c.home_agents
         self.assertEqual(ha, IPv4Address("172.31.0.2"))
         (visitor,) = c.visitors
+        assert visitor.auth is not None
         self.assertEqual(
             (visitor.name, visitor.home_address, visitor.auth.spi),
             ("laptop", IPv4Address("10.77.0.10"), 3000),
@@ -1164,7 +1165,7 @@ class RelayTests(ConfigTestCase):
             RELAY + VISITOR + edit(VISITOR, ("laptop@home.example", "phone"), ("3000", "3001"))
         )
         self.assertEqual([v.name for v in c.visitors], ["laptop@home.example", "phone"])
-        self.assertEqual([v.auth.spi for v in c.visitors], [3000, 3001])
+        self.assertEqual([v.auth.spi if v.auth else None for v in c.visitors], [3000, 3001])
         self.assertEqual([v.home_address for v in c.visitors], [None, None])
         self.assertIsInstance(c.visitors[0], VisitorConfig)
 
@@ -2134,3 +2135,191 @@ class RelayTransportTerminateTests(ConfigTestCase):
             'psk_file = "keys/psk"\n',
             "transport[0].ike", 'mode = "terminate"',
         )
+
+
+GATEWAY_RELAY = edit(RELAY, ("[relay]\n", '[relay]\nmode = "gateway"\n')) + (
+    'inside_address = "10.10.0.1"\n\n[ike]\nidentity = "relay.example"\npool = "10.79.0.0/24"\n'
+)
+GATEWAY_VISITOR = """
+[[visitor]]
+name = "laptop"
+ike_identity = "laptop.example"
+psk_file = "keys/psk"
+"""
+
+
+def gateway_visitor(name: str) -> str:
+    """Another [[visitor]] of a relay in "gateway" mode."""
+    return edit(GATEWAY_VISITOR, ('"laptop"', f'"{name}"'), ("laptop.example", f"{name}.example"))
+
+
+class RelayGatewayConfigTests(ConfigTestCase):
+    """A relay in "gateway" mode: [ike] pool, [[home_agent]] inside_address, lean visitors."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+
+    def load(self, text: str) -> RelayConfig:
+        return load_relay(self.write(text))
+
+    def fails(self, text: str, key: str, *fragments: str) -> ConfigError:
+        return self.assertError(load_relay, text, key, *fragments)
+
+    def test_gateway(self) -> None:
+        """The pool, each home agent's inside address, a visitor without MN-FA keys."""
+        c = self.load(GATEWAY_RELAY + GATEWAY_VISITOR)
+        self.assertEqual(c.mode, "gateway")
+        self.assertEqual(c.warnings, ())
+        assert c.ike is not None
+        self.assertEqual(c.ike.pool, IPv4Network("10.79.0.0/24"))
+        self.assertEqual((c.ike.identity, c.ike.auth), ("relay.example", "psk"))
+        (ha,) = c.home_agent_ike
+        self.assertEqual((ha.address, ha.inside_address),
+                         (IPv4Address("192.0.2.1"), IPv4Address("10.10.0.1")))  # fmt: skip
+        # No IKE with home in this mode: no identity or secret read for it.
+        self.assertEqual(ha.psk, b"")
+        key = AuthKey(2000, bytes.fromhex(KEY_HEX))
+        self.assertEqual(c.home_agents, ((IPv4Address("192.0.2.1"), key),))
+        (v,) = c.visitors
+        self.assertEqual(
+            (v.name, v.home_address, v.auth, v.ike_identity, v.psk),
+            ("laptop", None, None, "laptop.example", b"a-long-enough-shared-secret"),
+        )
+        self.assertNotIn("a-long-enough", repr(c))
+
+    def test_visitor_mnfa_keys_still_read(self) -> None:
+        """A visitor may still have its MN-FA keys in gateway mode."""
+        c = self.load(GATEWAY_RELAY + GATEWAY_VISITOR + 'spi = 3000\nkey_file = "keys/node.key"\n')
+        (v,) = c.visitors
+        self.assertEqual(v.auth, AuthKey(3000, bytes.fromhex(KEY_HEX)))
+        self.fails(
+            GATEWAY_RELAY + GATEWAY_VISITOR + "spi = 3000\n",
+            "visitor[0].key", "neither key nor key_file",
+        )
+
+    def test_visitor_needs_ike_identity_and_psk(self) -> None:
+        self.fails(
+            GATEWAY_RELAY + GATEWAY_VISITOR.replace('ike_identity = "laptop.example"\n', ""),
+            "visitor[0].ike_identity", "required key is missing",
+        )
+        self.fails(
+            GATEWAY_RELAY + GATEWAY_VISITOR.replace('psk_file = "keys/psk"\n', ""),
+            "visitor[0].psk", "neither psk nor psk_file",
+        )
+
+    def test_ike_required(self) -> None:
+        self.fails(
+            GATEWAY_RELAY.split("[ike]")[0] + GATEWAY_VISITOR, "ike", "required section is missing"
+        )
+
+    def test_pool_required(self) -> None:
+        self.fails(
+            GATEWAY_RELAY.replace('pool = "10.79.0.0/24"\n', "") + GATEWAY_VISITOR,
+            "ike.pool", "required key is missing", "CIDR",
+        )
+
+    def test_bad_pool(self) -> None:
+        for pool, fragment in (
+            ('"10.79.0.1/24"', "is not a valid IPv4 network"),  # host bits set
+            ('"nonsense"', "is not a valid IPv4 network"),
+            ('"2001:db8::/64"', "is not a valid IPv4 network"),
+            ('"10.79.0.0/33"', "is not a valid IPv4 network"),
+            ("24", "must be a string"),
+            ('"10.79.0.0/31"', "holds no address for a client"),
+            ('"10.79.0.7/32"', "holds no address for a client"),
+        ):
+            self.fails(
+                GATEWAY_RELAY.replace('"10.79.0.0/24"', pool) + GATEWAY_VISITOR,
+                "ike.pool", fragment,
+            )
+
+    def test_pool_too_small_for_the_visitors(self) -> None:
+        """A /30 has two host addresses: two visitors fit, three do not."""
+        small = GATEWAY_RELAY.replace("10.79.0.0/24", "10.79.0.0/30")
+        c = self.load(small + GATEWAY_VISITOR + gateway_visitor("phone"))
+        self.assertEqual(len(c.visitors), 2)
+        self.fails(
+            small + GATEWAY_VISITOR + gateway_visitor("phone") + gateway_visitor("tablet"),
+            "ike", "2 host addresses for 3 visitors", "a host address for every [[visitor]]",
+        )
+
+    def test_inside_address_required(self) -> None:
+        self.fails(
+            GATEWAY_RELAY.replace('inside_address = "10.10.0.1"\n', "") + GATEWAY_VISITOR,
+            "home_agent[0].inside_address", "required key is missing",
+        )
+        self.fails(
+            GATEWAY_RELAY.replace('"10.10.0.1"', '"inside"') + GATEWAY_VISITOR,
+            "home_agent[0].inside_address", "is not an IPv4 address",
+        )
+
+    def test_home_agent_ike_keys_ignored(self) -> None:
+        """ike_identity and psk of a [[home_agent]] mean nothing here: warned, not read."""
+        c = self.load(
+            GATEWAY_RELAY.replace(
+                'inside_address = "10.10.0.1"\n',
+                'inside_address = "10.10.0.1"\nike_identity = "ha.example"\n'
+                'psk_file = "keys/psk"\n',
+            )
+            + GATEWAY_VISITOR
+        )
+        self.assertEqual(len(c.warnings), 2, c.warnings)
+        for key, warning in zip(("ike_identity", "psk_file"), c.warnings, strict=True):
+            self.assertIn(f"home_agent[0].{key}", warning)
+            self.assertIn('ignored because relay.mode is "gateway"', warning)
+        (ha,) = c.home_agent_ike
+        self.assertEqual((ha.ike_identity, ha.psk), ("192.0.2.1", b""))
+
+    def test_pool_warned_in_terminate_mode(self) -> None:
+        c = self.load(TERMINATE + 'pool = "10.79.0.0/24"\n' + TERMINATE_VISITOR)
+        (warning,) = c.warnings
+        self.assertIn("ike.pool", warning)
+        self.assertIn('ignored because relay.mode is not "gateway"', warning)
+        assert c.ike is not None
+        self.assertIsNone(c.ike.pool)
+
+    def test_inside_address_warned_in_terminate_mode(self) -> None:
+        c = self.load(
+            TERMINATE.replace("[ike]", 'inside_address = "10.10.0.1"\n\n[ike]') + TERMINATE_VISITOR
+        )
+        (warning,) = c.warnings
+        self.assertIn("home_agent[0].inside_address", warning)
+        (ha,) = c.home_agent_ike
+        self.assertIsNone(ha.inside_address)
+
+    def test_pool_in_forward_mode_refused(self) -> None:
+        """Forward mode has no [ike] at all, pool or not."""
+        self.fails(
+            RELAY + '\n[ike]\nidentity = "relay.example"\npool = "10.79.0.0/24"\n',
+            "ike", 'mode = "terminate" or "gateway"',
+        )
+
+
+class HomeRelayGatewayConfigTests(ConfigTestCase):
+    """[[relay]] gateway = true: the relay may be its clients' VPN gateway."""
+
+    def test_default_false(self) -> None:
+        (r,) = load_home(self.write(HOME + HOME_RELAY)).relays
+        self.assertFalse(r.gateway)
+
+    def test_true(self) -> None:
+        (r,) = load_home(self.write(HOME + HOME_RELAY + "gateway = true\n")).relays
+        self.assertTrue(r.gateway)
+        self.assertEqual(r.address, IPv4Address("198.51.100.1"))
+        (r,) = load_home(self.write(HOME + HOME_RELAY + "gateway = false\n")).relays
+        self.assertFalse(r.gateway)
+
+    def test_with_ike_identity(self) -> None:
+        self.writeKey("psk", "a-long-enough-shared-secret\n")
+        (r,) = load_home(self.write(HOME + HOME_RELAY + 'ike_identity = "relay.example"\n'
+                                    'psk_file = "keys/psk"\ngateway = true\n')).relays  # fmt: skip
+        self.assertTrue(r.gateway)
+        self.assertEqual(r.ike_identity, "relay.example")
+
+    def test_not_a_boolean(self) -> None:
+        for value, fragment in (('"yes"', "a string"), ("1", "an integer"), ('"true"', "a string")):
+            self.assertError(
+                load_home, HOME + HOME_RELAY + f"gateway = {value}\n", "relay[0].gateway",
+                fragment, "true or false",
+            )

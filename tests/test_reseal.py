@@ -13,13 +13,14 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from smobility.engines.reseal import ReSealer
+from smobility.engines.reseal import Leg, ReSealer, Visitor
 from smobility.engines.tunnel import TunnelEngine
 from smobility.wire import ipv4
 from smobility.wire.esp import (
     NAT_KEEPALIVE,
     NEXT_HEADER_NONE,
     NON_ESP_MARKER,
+    SEQ_MAX,
     InboundSA,
     OutboundSA,
 )
@@ -809,3 +810,176 @@ class FuzzTests(SynchronousTestCase):
             got = lab.down([inner])
             ok = len(inner) >= 20 and inner[0] >> 4 == 4 and inner[16:20] == HOA.packed
             self.assertEqual(lab.at_client(got), [inner] if ok and inner else [])
+
+
+VIP = IPv4Address("10.79.0.1")
+
+
+class PlainLab:
+    """A relay as VPN gateway with one "plain" visitor "laptop" at ``VIP`` (no home leg)."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.relay = ReSealer(clock=self.clock)
+        self.relay.set_client(
+            "laptop", VIP, InboundSA.from_keymat(C2R, K_C2R), OutboundSA.from_keymat(R2C, K_R2C),
+            (COA, 4500), plain=True,
+        )  # fmt: skip
+        self.client_out = OutboundSA.from_keymat(C2R, K_C2R)
+        self.client_in = InboundSA.from_keymat(R2C, K_R2C)
+        self.visitor = self.relay.visitors["laptop"]
+
+    def up(
+        self,
+        packets: list[bytes],
+        source: tuple[str, int] = (COA, 4500),
+        plain: list[tuple[Visitor, bytes]] | None = None,
+    ) -> list[Outgoing]:
+        """The client seals ``packets``; what the relay re-seals for home (nothing, here)."""
+        out: list[Outgoing] = []
+        self.relay.from_clients(
+            [(self.client_out.seal(p), source) for p in packets], out, plain
+        )
+        return out
+
+    def leg(self) -> Leg:
+        leg = self.visitor.client
+        assert leg is not None
+        return leg
+
+
+class PlainVisitorTests(SynchronousTestCase):
+    """A client of the relay as VPN gateway: opened packets handed out, not re-sealed."""
+
+    def test_inner_handed_out(self) -> None:
+        lab = PlainLab()
+        self.assertTrue(lab.visitor.plain)
+        packets = [udp_packet(VIP, HOA, size=n, tag=n) for n in (0, 10, 1400)]
+        plain: list[tuple[Visitor, bytes]] = []
+        self.assertEqual(lab.up(packets, plain=plain), [])
+        self.assertEqual(plain, [(lab.visitor, p) for p in packets])
+        leg = lab.leg()
+        self.assertEqual((leg.packets_in, leg.bytes_in), (3, sum(map(len, packets))))
+        self.assertEqual((leg.packets_out, dict(leg.drops)), (0, {}))
+        self.assertEqual(lab.relay.counters["resealed_to_home"], 0)
+        self.assertEqual(lab.relay.counters["home_sa_pending"], 0)
+
+    def test_without_plain_list(self) -> None:
+        """A caller that takes no plain packets: dropped as "no home leg", counted."""
+        lab = PlainLab()
+        self.assertEqual(lab.up([udp_packet(VIP, HOA)]), [])
+        self.assertEqual(lab.relay.counters["home_sa_pending"], 1)
+        self.assertEqual(lab.leg().packets_in, 0)
+
+    def test_terminate_visitor_not_handed_out(self) -> None:
+        """A visitor installed without plain= (terminate mode) never lands in the plain list."""
+        lab = Lab(home=False)
+        plain: list[tuple[Visitor, bytes]] = []
+        out: list[Outgoing] = []
+        lab.relay.from_clients([(lab.client_out.seal(udp_packet(HOA, CN)), (COA, 4500))], out,
+                               plain)  # fmt: skip
+        self.assertEqual((out, plain), ([], []))
+        self.assertFalse(lab.relay.visitors["laptop"].plain)
+        self.assertEqual(lab.relay.counters["home_sa_pending"], 1)
+
+    def test_replaced_leg_takes_new_flag(self) -> None:
+        """set_client again without plain=: the visitor is no longer plain."""
+        lab = PlainLab()
+        lab.relay.set_client(
+            "laptop", VIP, InboundSA.from_keymat(C2R_2, K_C2R_2),
+            OutboundSA.from_keymat(R2C_2, K_R2C_2), (COA, 4500),
+        )  # fmt: skip
+        self.assertFalse(lab.relay.visitors["laptop"].plain)
+
+    def test_checked_like_the_others(self) -> None:
+        """Spoofed inner source, wrong outer host, bad ICV, malformed inner, dummy: not handed."""
+        lab = PlainLab()
+        plain: list[tuple[Visitor, bytes]] = []
+        lab.up([udp_packet(HOA, CN)], plain=plain)
+        lab.up([udp_packet(VIP, CN)], source=("198.51.100.8", 4500), plain=plain)
+        tampered = bytearray(lab.client_out.seal(udp_packet(VIP, CN)))
+        tampered[-1] ^= 1
+        lab.relay.from_clients([(bytes(tampered), (COA, 4500))], [], plain)
+        lab.up([b"\x45" + bytes(10)], plain=plain)
+        lab.relay.from_clients([(lab.client_out.seal(b"", NEXT_HEADER_NONE), (COA, 4500))], [],
+                               plain)  # fmt: skip
+        self.assertEqual(plain, [])
+        counters = lab.relay.counters
+        self.assertEqual(counters["spoofed_inner_source"], 1)
+        self.assertEqual(counters["bad_source"], 1)
+        self.assertEqual(counters["malformed_inner"], 1)
+        self.assertEqual(counters["dummies_in"], 1)
+        self.assertEqual(sum(lab.leg().drops.values()), 4)  # dummies are no drop
+        lab.up([udp_packet(VIP, CN, tag=7)], plain=plain)
+        self.assertEqual(plain, [(lab.visitor, udp_packet(VIP, CN, tag=7))])
+
+    def test_nat_move(self) -> None:
+        """An authenticated packet from a new port of the client's host moves the leg there."""
+        lab = PlainLab()
+        plain: list[tuple[Visitor, bytes]] = []
+        lab.up([udp_packet(VIP, CN)], source=(COA, 40001), plain=plain)
+        self.assertEqual(len(plain), 1)
+        self.assertEqual(lab.leg().addr, (COA, 40001))
+        self.assertEqual(lab.relay.counters["client_port_moves"], 1)
+
+
+class SealToClientTests(SynchronousTestCase):
+    """seal_to_client: a packet for a plain visitor's own address, sealed for its client."""
+
+    def test_happy_path(self) -> None:
+        lab = PlainLab()
+        packets = [udp_packet(HOA, VIP, size=n, tag=n) for n in (0, 33, 1400)]
+        sealed = [lab.relay.seal_to_client(lab.visitor, p) for p in packets]
+        self.assertEqual([s[1] for s in sealed if s is not None], [(COA, 4500)] * 3)
+        self.assertEqual([lab.client_in.open(s[0]) for s in sealed if s is not None], packets)
+        self.assertEqual({_spi(s[0]) for s in sealed if s is not None}, {R2C})
+        leg = lab.leg()
+        self.assertEqual((leg.packets_out, leg.bytes_out), (3, sum(map(len, packets))))
+        self.assertEqual(lab.relay.counters["sealed_to_clients"], 3)
+
+    def test_follows_nat_move(self) -> None:
+        lab = PlainLab()
+        lab.up([udp_packet(VIP, CN)], source=(COA, 40001), plain=[])
+        sealed = lab.relay.seal_to_client(lab.visitor, udp_packet(HOA, VIP))
+        assert sealed is not None
+        self.assertEqual(sealed[1], (COA, 40001))
+
+    def test_wrong_destination(self) -> None:
+        lab = PlainLab()
+        for packet in (udp_packet(HOA, CN), udp_packet(VIP, HOA), b"\x45" + bytes(10)):
+            self.assertIsNone(lab.relay.seal_to_client(lab.visitor, packet))
+        self.assertEqual(lab.relay.counters["wrong_inner_destination"], 3)
+        self.assertEqual(lab.relay.counters["sealed_to_clients"], 0)
+        self.assertEqual(lab.leg().packets_out, 0)
+
+    def test_visitor_without_address(self) -> None:
+        """A visitor known only by its home leg (no address yet) gets nothing sealed."""
+        lab = Lab(client=False)
+        v = lab.relay.visitors["laptop"]
+        self.assertEqual(v.home_address, b"")
+        self.assertIsNone(lab.relay.seal_to_client(v, udp_packet(CN, HOA)))
+        self.assertEqual(lab.relay.counters["wrong_inner_destination"], 1)
+
+    def test_no_client_leg(self) -> None:
+        """After the client leg is gone (the tunnel went down): nothing, counted."""
+        lab = PlainLab()
+        v = lab.visitor
+        lab.relay.drop_client("laptop")
+        self.assertNotIn("laptop", lab.relay.visitors)
+        self.assertIsNone(lab.relay.seal_to_client(v, udp_packet(HOA, VIP)))
+        self.assertEqual(lab.relay.counters["client_sa_pending"], 1)
+        self.assertEqual(lab.relay.counters["sealed_to_clients"], 0)
+
+    def test_sa_expired(self) -> None:
+        """An outbound SA at the end of its sequence space: nothing, counted once per packet."""
+        lab = PlainLab()
+        lab.relay.set_client(
+            "laptop", VIP, InboundSA.from_keymat(C2R, K_C2R),
+            OutboundSA.from_keymat(R2C, K_R2C, seq=SEQ_MAX), (COA, 4500), plain=True,
+        )  # fmt: skip
+        v = lab.relay.visitors["laptop"]
+        for _ in range(2):
+            self.assertIsNone(lab.relay.seal_to_client(v, udp_packet(HOA, VIP)))
+        self.assertEqual(lab.relay.counters["sa_expired"], 2)
+        assert v.client is not None
+        self.assertEqual(v.client.drops["sa_expired"], 2)

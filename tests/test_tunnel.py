@@ -185,6 +185,30 @@ class TunnelEngineTests(SynchronousTestCase):
         pseudo = got[12:20] + struct.pack("!BBH", 0, 6, len(seg))
         self.assertEqual(ipv4.checksum(pseudo + seg), 0)
 
+    def test_relay_path_carries_smaller_packets(self) -> None:
+        """On a relay path (IP-in-IP adds 20 bytes) the route's MTU and MSS are 20 smaller."""
+        t = TunnelPair(mtu=1400)
+        t.home.move("laptop", ("172.31.4.2", 4500), {"172.31.4.2"}, "relay")
+        self.assertEqual(t.home.by_node["laptop"].mtu, 1380)
+        [got] = t.home_to_client([tcp_syn(CN, HOA, 1460)])
+        assert got is not None
+        self.assertEqual(struct.unpack("!H", got[42:44])[0], 1340)
+        # A DF packet that fits the tunnel but not the relay path still goes (a
+        # connection made before the move keeps working, fragmented on the way).
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        back: list[bytes] = []
+        t.home.from_tun([udp_packet(CN, HOA, size=1360, df=True)], out, back)
+        self.assertEqual((len(out), back), (1, []))
+        # Back on a direct path: the whole MTU again.
+        t.home.move("laptop", (COA, 4500), {COA}, "direct")
+        self.assertEqual(t.home.by_node["laptop"].mtu, 1400)
+        [got] = t.home_to_client([tcp_syn(CN, HOA, 1460)])
+        assert got is not None
+        self.assertEqual(struct.unpack("!H", got[42:44])[0], 1360)
+        # The client names its path itself (a forwarding relay's port is the home agent's).
+        t.client.set_path("laptop", "relay")
+        self.assertEqual(t.client.by_node["laptop"].mtu, 1380)
+
     def test_sa_exhaustion_stops_traffic_with_one_log(self) -> None:
         t = TunnelPair()
         route = t.home.by_node["laptop"]

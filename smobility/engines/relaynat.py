@@ -253,9 +253,14 @@ class GatewayTranslator(RelayForwarder):
     address) and only to :data:`GATEWAY_PORTS`.
     """
 
-    def __init__(self, *, inside: dict[str, str], **kwargs: Any) -> None:
+    def __init__(
+        self, *, inside: dict[str, str], max_per_visitor: int = 16, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.inside = dict(inside)
+        # A client needs two flows (434, 4500); one must not fill the table.
+        self.max_per_visitor = max_per_visitor
+        self.per_visitor: dict[str, int] = {}
 
     def from_inner(
         self,
@@ -313,6 +318,9 @@ class GatewayTranslator(RelayForwarder):
         if owner is None:
             self.counters["dropped_not_visitor"] += 1
             return None
+        if self.per_visitor.get(owner[0], 0) >= self.max_per_visitor:
+            self.counters["dropped_visitor_flows"] += 1
+            return None
         if len(self.by_client) >= self.max_flows:
             self.counters["dropped_table_full"] += 1
             return None
@@ -322,6 +330,7 @@ class GatewayTranslator(RelayForwarder):
             return None
         flow = Flow((key[0], key[1]), port, home_agent, owner[0], now, key[3], key[2], key)
         self.by_client[key] = flow
+        self.per_visitor[owner[0]] = self.per_visitor.get(owner[0], 0) + 1
         self.by_port[port] = flow
         self.counters["flows_made"] += 1
         self.log.info(
@@ -330,3 +339,12 @@ class GatewayTranslator(RelayForwarder):
             ha=home_agent,
         )  # fmt: skip
         return flow
+
+    def _end(self, flow: Flow, why: str) -> None:
+        if flow.key is not None and self.by_client.get(flow.key) is flow:
+            left = self.per_visitor.get(flow.visitor, 1) - 1
+            if left > 0:
+                self.per_visitor[flow.visitor] = left
+            else:
+                self.per_visitor.pop(flow.visitor, None)
+        super()._end(flow, why)

@@ -55,7 +55,11 @@ class Route:
     ``inner`` is the peer's inner address (a mobile node's home address, as
     4 bytes) or ``None`` for a default route (the client's way home).
     ``addr`` is the outer destination (host, port) of ESP-in-UDP; ``sources``
-    are the outer source addresses accepted from this peer.
+    are the outer source addresses accepted from this peer.  ``mtu`` is the
+    largest inner packet this route carries without fragments on the way:
+    the engine's, less what the path adds (:data:`PATH_OVERHEAD`); TCP's MSS
+    is clamped to it.  Larger packets (up to the engine's MTU) still go, and
+    are fragmented on the way: a connection made before a move keeps working.
     """
 
     __slots__ = (
@@ -67,6 +71,7 @@ class Route:
         "addr",
         "sources",
         "path",
+        "mtu",
         "packets_out",
         "bytes_out",
         "packets_in",
@@ -84,6 +89,7 @@ class Route:
         addr: tuple[str, int],
         sources: frozenset[str],
         path: str,
+        mtu: int = 65535,
     ) -> None:
         self.node = node
         self.inner = inner
@@ -93,6 +99,7 @@ class Route:
         self.addr = addr
         self.sources = sources
         self.path = path
+        self.mtu = mtu
         self.packets_out = 0
         self.bytes_out = 0
         self.packets_in = 0
@@ -118,6 +125,12 @@ class Route:
 
 
 IKEHandler = Callable[[bytes, tuple[str, int]], None]
+
+#: Bytes a path adds to our ESP-in-UDP datagrams on the way: between a relay
+#: and the home agent they travel inside IP-in-IP (RFC 2003, a 20-byte outer
+#: header).  On such a path new TCP connections get an MSS 20 bytes smaller,
+#: so that their full-size datagrams are not fragmented between relay and home.
+PATH_OVERHEAD: dict[str, int] = {"relay": 20, "relay-terminate": 20}
 
 
 def _is_syn(packet: bytes) -> bool:
@@ -188,6 +201,7 @@ class TunnelEngine:
             addr,
             frozenset(sources),
             path,
+            self.mtu - PATH_OVERHEAD.get(path, 0),
         )
         self.by_node[node] = route
         self.inbound[inbound.spi] = route
@@ -206,8 +220,15 @@ class TunnelEngine:
             return None
         route.addr = addr
         route.sources = frozenset(sources)
-        route.path = path
+        self.set_path(node, path)
         return route
+
+    def set_path(self, node: str, path: str) -> None:
+        """Name the path of the node's route (its MTU follows :data:`PATH_OVERHEAD`)."""
+        route = self.by_node.get(node)
+        if route is not None:
+            route.path = path
+            route.mtu = self.mtu - PATH_OVERHEAD.get(path, 0)
 
     def rekey(self, node: str, inbound: InboundSA, outbound: OutboundSA) -> Route | None:
         """Switch the node's route to new SAs, make before break.
@@ -297,7 +318,7 @@ class TunnelEngine:
                 and packet[9] == _PROTO_TCP
                 and (size < 34 or packet[0] != 0x45 or packet[33] & 0x02)
             ):
-                packet = self._clamp(packet)  # a SYN, or an unusual header
+                packet = self._clamp(packet, route.mtu - 40)  # a SYN, or an unusual header
             try:
                 datagram = route.outbound.seal(packet)
             except SAExpired as e:
@@ -386,7 +407,7 @@ class TunnelEngine:
                 and inner[9] == _PROTO_TCP
                 and (len(inner) < 34 or inner[0] != 0x45 or inner[33] & 0x02)
             ):
-                inner = self._clamp(inner)  # a SYN, or an unusual header
+                inner = self._clamp(inner, route.mtu - 40)  # a SYN, or an unusual header
             append(inner)
         return result
 
@@ -412,12 +433,12 @@ class TunnelEngine:
         else:
             self.counters["malformed"] += 1
 
-    def _clamp(self, packet: bytes) -> bytes:
-        """Clamp the MSS of a TCP SYN so segments fit the tunnel (both directions)."""
+    def _clamp(self, packet: bytes, mss: int) -> bytes:
+        """Clamp the MSS of a TCP SYN so segments fit the route (both directions)."""
         if not _is_syn(packet):
             return packet
         try:
-            clamped = ipv4.clamp_mss(packet, self.mss)
+            clamped = ipv4.clamp_mss(packet, mss)
         except WireError:
             return packet  # the receiver will judge a broken header
         if clamped is None:

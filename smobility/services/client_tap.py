@@ -135,6 +135,7 @@ class ClientService(service.MultiService):
                 self._add_ike(self.data_plane)
             self._add_relay_ike(self.data_plane)
             self.paths.use_relay = self.data_plane.use_relay
+            self.paths.via_relay = self.data_plane.via_relay
 
     def _add_ike(self, data_plane: Any) -> None:
         """The IKEv2 initiator, started after each accepted registration without an IKE SA."""

@@ -747,15 +747,18 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         self.netlink = netlink
         self.engine = TunnelEngine(clock=reactor, mtu=self.mtu, local_inner=self.hoa)
         self.pipe = TunnelPipe(self.engine, device=device, reactor=reactor, on_inner=self._inner)
-        self.manual_sas = sas
-        if sas is not None:
-            self._install(sas)
         # Terminating relays (figure 1/3): the relay in use ends our ESP, under
         # SAs from our IKE with it; our IKE with home rests meanwhile.
         self.relay: tuple[str, int] | None = None
+        # "relay" while a forwarding relay carries our ESP home (inside
+        # IP-in-IP: the route's MTU is smaller), else "direct".
+        self.path_kind = "direct"
         self.relay_ikes: dict[tuple[str, int], IKEService] = {}
         self.relay_sas: dict[tuple[str, int], tuple[InboundSA, OutboundSA]] = {}
         self._ike_stale = False
+        self.manual_sas = sas
+        if sas is not None:
+            self._install(sas)
         self.ike: IKEService | None = None
         self.ike_sa: IKESA | None = None
         self._ike_retry: Any = None
@@ -775,7 +778,7 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         addr = peer or (str(self.home_agent), self.ha_port)
         self.engine.install(
             self.node.settings.name, None, inbound, outbound, addr, {addr[0]},
-            "relay-terminate" if peer is not None else "direct",
+            "relay-terminate" if peer is not None else self.path_kind,
         )  # fmt: skip
 
     # -- terminating relays ----------------------------------------------------------
@@ -787,6 +790,14 @@ class ClientDataPlane(_SequenceWatchMixin, service.Service):
         ike.on_up = lambda child: self._relay_child_up(relay, child)
         ike.on_down = lambda child, why: self._relay_child_down(relay, child, why)
         ike.on_event_extra = self._ike_event
+
+    def via_relay(self, forwarding: bool) -> None:
+        """The path manager's choice: a forwarding relay carries our ESP (or not)."""
+        self.path_kind = "relay" if forwarding else "direct"
+        name = self.node.settings.name
+        route = self.engine.by_node.get(name)
+        if route is not None and route.path != "relay-terminate":
+            self.engine.set_path(name, self.path_kind)
 
     def use_relay(self, relay: tuple[str, int] | None) -> None:
         """The path manager's choice: a terminating relay ends our ESP, or (None) home does.

@@ -278,8 +278,10 @@ class PathManager:
         # addresses to read as the home agent's (set by the client service).
         self.esp_udp_send: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
         self.translate: dict[tuple[str, int], tuple[str, int]] | None = None
-        # The data plane's hook: the terminating relay in use (its ESP address), or None.
+        # The data plane's hooks: the terminating relay in use (its ESP address),
+        # or None; whether a forwarding relay carries the ESP.
         self.use_relay: Callable[[tuple[str, int] | None], None] | None = None
+        self.via_relay: Callable[[bool], None] | None = None
         self.paths: list[_Path] = []
         for i, cfg in enumerate(transports):
             if cfg.kind == "udp":
@@ -488,6 +490,8 @@ class PathManager:
         terminating = isinstance(path, _RelayPath) and path.terminate
         if self.use_relay is not None:
             self.use_relay(path.esp_addr if terminating else None)  # type: ignore[union-attr]
+        if self.via_relay is not None:
+            self.via_relay(isinstance(path, _RelayPath) and not terminating)
         if self.translate is None:
             return
         self.translate.clear()
