@@ -37,6 +37,23 @@ class _TerminateLab(LabRoaming):
             time.sleep(0.1)
         self.fail(f"no tunnel keyed by the relay: {self.demo.status()}\n{self.why()}")
 
+    def on_relay(self, net: str = "v4") -> dict[str, Any]:
+        """Move to ``net``; return once traffic flows through the terminating relay."""
+        assert self.demo is not None
+        self.go(net)
+        self.wait_path("relay")
+        st = self.wait_relay_keyed()
+        self.wait_flowing()
+        self.assertTrue(self.demo.probe(), self.why())
+        return st
+
+    def direct_then_relay(self) -> None:
+        """V1 (direct) and back to V4 (the relay), traffic flowing at each step."""
+        self.go("v1")
+        self.wait_path("udp")
+        self.wait_flowing()
+        self.on_relay()
+
 
 class RelayTerminateTests(_TerminateLab):
     """Home agent, terminating relay (shared keys) and client as twistd processes."""
@@ -48,23 +65,12 @@ class RelayTerminateTests(_TerminateLab):
         self.assertEqual(st.get("path"), "udp", st)
         clients = self.streams()
         self.wait_flowing()
-        self.go("v4")
-        self.wait_path("relay")
-        st = self.wait_relay_keyed()
+        st = self.on_relay()
         route = st["tunnel"]["routes"][0]
         self.assertEqual(route["peer"], f"{RELAY}:4500", route)
         # IKE keys with the relay, not the demo's manual SPIs with home.
         self.assertNotIn(route["spi_in"], ("0x00001001", "0x00002001"))
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
-        self.go("v1")
-        self.wait_path("udp")
-        self.wait_flowing()
-        self.go("v4")
-        self.wait_path("relay")
-        self.wait_relay_keyed()
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
+        self.direct_then_relay()
         self.assert_survived(self.finish(clients))
         relay = self.log("relay")
         self.assertIn("visitor laptop: its ESP ends here", relay)
@@ -143,14 +149,7 @@ class RelayTerminateCertificateTests(_TerminateLab):
         clients = self.streams()
         self.wait_flowing()
         self.assertTrue(self.demo.probe(), self.why())
-        self.go("v1")
-        self.wait_path("udp")
-        self.wait_flowing()
-        self.go("v4")
-        self.wait_path("relay")
-        self.wait_relay_keyed()
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
+        self.direct_then_relay()
         self.assert_survived(self.finish(clients))
         relay = self.log("relay")
         self.assertIn("IKE SA", relay)
@@ -185,11 +184,7 @@ class RelayTerminateWithHomeIKETests(_TerminateLab):
         first = st["tunnel"]["routes"][0]["spi_in"]
         clients = self.streams()
         self.wait_flowing()
-        self.go("v4")
-        self.wait_path("relay")
-        self.wait_relay_keyed()
-        self.wait_flowing()
-        self.assertTrue(self.demo.probe(), self.why())
+        self.on_relay()
         self.go("v1")
         self.wait_path("udp")
         st = self.wait_ike_home(not_spi=first)

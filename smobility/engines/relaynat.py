@@ -134,6 +134,12 @@ class RelayForwarder:
         out: list[tuple[bytes, Address]],
     ) -> None:
         """Datagrams from home agents (dport, payload, source) -> ``out`` as (payload, client)."""
+        self._from_home(datagrams, out, False)
+
+    def _from_home(
+        self, datagrams: Iterable[tuple[int, bytes, Address]], out: list[Any], flows: bool
+    ) -> None:
+        """Append (payload, the flow) if ``flows``, else (payload, its client address)."""
         now = self.clock.seconds()
         by_port = self.by_port
         append = out.append
@@ -144,11 +150,11 @@ class RelayForwarder:
             if flow is None:
                 counters["dropped_no_flow"] += 1
                 continue
-            if source[0] != flow.home_agent or source[1] != self.home_port:
+            if source[0] != flow.home_agent or source[1] != flow.home_port:
                 counters["dropped_wrong_home_agent"] += 1
                 continue
             flow.last = now
-            append((payload, flow.client))
+            append((payload, flow) if flows else (payload, flow.client))
         counters["from_home"] += len(out) - before
 
     # -- table -------------------------------------------------------------------------
@@ -294,22 +300,7 @@ class GatewayTranslator(RelayForwarder):
         out: list[tuple[bytes, Flow]],
     ) -> None:
         """Datagrams from home agents -> ``out`` as (payload, the flow they belong to)."""
-        now = self.clock.seconds()
-        by_port = self.by_port
-        append = out.append
-        counters = self.counters
-        before = len(out)
-        for port, payload, source in items:
-            flow = by_port.get(port)
-            if flow is None:
-                counters["dropped_no_flow"] += 1
-                continue
-            if source[0] != flow.home_agent or source[1] != flow.home_port:
-                counters["dropped_wrong_home_agent"] += 1
-                continue
-            flow.last = now
-            append((payload, flow))
-        counters["from_home"] += len(out) - before
+        self._from_home(items, out, True)
 
     def _new_inner(
         self, key: tuple[str, int, str, int], home_agent: str, now: float

@@ -422,7 +422,8 @@ class IKEPort(DatagramProtocol):
 # -- configuration -> engine --------------------------------------------------------
 
 
-def _suites(params: IKEParameters) -> dict[str, Any]:
+def ike_suites(params: IKEParameters) -> dict[str, Any]:
+    """The IKEConfig keyword arguments of configured IKE parameters (suites, lifetimes, DPD)."""
     return {
         "ike_suites": tuple(IKESuite.parse(p) for p in params.proposals),
         "esp_suites": tuple(ESPSuite.parse(p) for p in params.esp_proposals),
@@ -490,7 +491,7 @@ def home_ike_config(
         certificate=cert,
         private_key=key,
         trust_anchors=trust_anchors,
-        **_suites(ike.params),
+        **ike_suites(ike.params),
     )
     return config, names
 
@@ -531,7 +532,7 @@ def client_ike_config(
         certificate=cert,
         private_key=key,
         trust_anchors=anchors,
-        **_suites(ike.params),
+        **ike_suites(ike.params),
     )
     return config, check
 
@@ -557,5 +558,6 @@ __all__ = [
     "home_cert_check",
     "home_ike_config",
     "identity_check_args",
+    "ike_suites",
     "make_identity",
 ]

@@ -27,26 +27,19 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from cryptography import x509
 from twisted.logger import Logger
 
-from smobility import pki
-from smobility.config import RelayConfig, VisitorConfig
-from smobility.engines.ike import ChildSA, IKEConfig, PeerConfig, Role, ts_host
+from smobility.config import RelayConfig
+from smobility.engines.ike import ChildSA, IKEConfig, Role, ts_host
 from smobility.engines.relaynat import Flow, GatewayTranslator
 from smobility.engines.reseal import ReSealer, Visitor
 from smobility.services.dataplane import child_sas
-from smobility.services.ike_service import (
-    CertCheck,
-    IKEService,
-    _suites,
-    load_credentials,
-    make_identity,
-)
-from smobility.services.relay_terminate import _cert_check
+from smobility.services.ike_service import IKEService
+from smobility.services.relay_terminate import relay_credentials, visitor_peers
 from smobility.wire.errors import WireError
 from smobility.wire.ipip import parse_udp_packet, udp_packet
 
@@ -82,17 +75,7 @@ class RelayGateway:
         self.send_clients = send_clients
         self.send_home = send_home
         self.local_clients = (cfg.listen, cfg.esp_port)
-        cert, key = load_credentials(ike.cert, ike.key)
-        anchors: tuple[x509.Certificate, ...] = ()
-        check: CertCheck | None = None
-        if ike.auth == "pubkey":
-            assert ike.ca_file is not None
-            try:
-                ca = pki.load_certificate(ike.ca_file.read_bytes())
-            except OSError as e:
-                raise pki.PKIError(f"cannot read {ike.ca_file}: {e.strerror}") from None
-            anchors = (ca,)
-            check = _cert_check(ca, "client", reactor)
+        creds = relay_credentials(ike, reactor)
         # The home agents' inside addresses (what clients may reach) -> outer.
         inside = {
             str(h.inside_address): str(h.address)
@@ -101,26 +84,17 @@ class RelayGateway:
         }
         inside_ts = tuple(ts_host(IPv4Address(a)) for a in inside)
         self.vips = virtual_addresses(cfg)
-        self.visitors: dict[str, VisitorConfig] = {}
-        peers: list[PeerConfig] = []
-        for v in cfg.visitors:
-            if v.ike_identity is None:
-                continue
-            identity = make_identity(v.ike_identity, v.ike_identity_kind)
-            self.visitors[str(identity)] = v
-            vip = self.vips[v.name]
-            peers.append(PeerConfig(
-                identity, v.psk, internal_address=vip, remote_ts=(ts_host(vip),),
-                local_ts=inside_ts, auth=ike.auth,
-            ))  # fmt: skip
+        self.visitors, peers = visitor_peers(cfg.visitors, ike.auth, lambda v: self.vips[v.name])
+        # Each client reaches the home agents' inside addresses, nothing else.
+        peers = [replace(p, local_ts=inside_ts) for p in peers]
         self.client_ike = IKEService(
             Role.RESPONDER,
             IKEConfig(
-                local_id=make_identity(ike.identity, ike.identity_kind), peers=peers,
-                local_host=cfg.listen, ike_port=cfg.esp_port, nat_t_port=cfg.esp_port,
-                certificate=cert, private_key=key, trust_anchors=anchors, **_suites(ike.params),
+                local_id=creds.local_id, peers=peers, local_host=cfg.listen,
+                ike_port=cfg.esp_port, nat_t_port=cfg.esp_port, certificate=creds.certificate,
+                private_key=creds.private_key, trust_anchors=creds.anchors, **creds.suites,
             ),
-            reactor, send_nat_t=send_clients, cert_check=check,
+            reactor, send_nat_t=send_clients, cert_check=creds.client_check,
             on_up=self._client_up, on_down=self._client_down,
         )  # fmt: skip
         self.reseal = ReSealer(clock=reactor)

@@ -19,8 +19,8 @@ between them, so the home firewall still admits nothing but protocol 4.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any, Literal
 
@@ -28,15 +28,15 @@ from cryptography import x509
 from twisted.logger import Logger
 
 from smobility import pki
-from smobility.config import RelayConfig, RelayHomeAgentConfig, VisitorConfig
+from smobility.config import RelayConfig, RelayHomeAgentConfig, RelayIKEConfig, VisitorConfig
 from smobility.engines.ike import IKESA, ChildSA, IKEConfig, PeerConfig, Role, State, ts_host
 from smobility.engines.reseal import ReSealer
 from smobility.services.dataplane import child_sas
 from smobility.services.ike_service import (
     CertCheck,
     IKEService,
-    _suites,
     identity_check_args,
+    ike_suites,
     load_credentials,
     make_identity,
 )
@@ -51,7 +51,9 @@ SendClients = Callable[[list[tuple[bytes, tuple[str, int]]]], None]
 SendHome = Callable[[list[tuple[bytes, int, str, int]]], None]
 
 
-def _cert_check(ca: x509.Certificate, usage: Literal["server", "client"], clock: Any) -> CertCheck:
+def ca_cert_check(
+    ca: x509.Certificate, usage: Literal["server", "client"], clock: Any
+) -> CertCheck:
     """Chain to the home CA, the key usage of ``usage``, and the identity the peer claimed."""
 
     def check(cert: x509.Certificate, identity: Identity) -> str | None:
@@ -63,6 +65,69 @@ def _cert_check(ca: x509.Certificate, usage: Literal["server", "client"], clock:
         return None
 
     return check
+
+
+@dataclass(frozen=True, repr=False)
+class RelayCredentials:
+    """The relay's own IKE credentials and how it checks its peers' certificates.
+
+    ``client_check``/``home_check``: chain to the home CA with clientAuth
+    (visitors) or serverAuth (home agents), and the claimed identity; both
+    ``None`` with shared keys.
+    """
+
+    local_id: Identity
+    certificate: x509.Certificate | None
+    private_key: Any
+    anchors: tuple[x509.Certificate, ...]
+    client_check: CertCheck | None
+    home_check: CertCheck | None
+    suites: dict[str, Any]
+
+
+def relay_credentials(ike: RelayIKEConfig, clock: Any) -> RelayCredentials:
+    """Load the relay's certificate, key and CA (``auth = "pubkey"``); one error if unreadable.
+
+    @raise pki.PKIError: a file cannot be read or parsed.
+    """
+    cert, key = load_credentials(ike.cert, ike.key)
+    anchors: tuple[x509.Certificate, ...] = ()
+    client_check = home_check = None
+    if ike.auth == "pubkey":
+        assert ike.ca_file is not None
+        try:
+            ca = pki.load_certificate(ike.ca_file.read_bytes())
+        except OSError as e:
+            raise pki.PKIError(f"cannot read {ike.ca_file}: {e.strerror}") from None
+        anchors = (ca,)
+        client_check = ca_cert_check(ca, "client", clock)
+        home_check = ca_cert_check(ca, "server", clock)
+    return RelayCredentials(
+        make_identity(ike.identity, ike.identity_kind), cert, key, anchors, client_check,
+        home_check, ike_suites(ike.params),
+    )  # fmt: skip
+
+
+def visitor_peers(
+    visitors: Iterable[VisitorConfig], auth: str, address: Callable[[VisitorConfig], IPv4Address]
+) -> tuple[dict[str, VisitorConfig], list[PeerConfig]]:
+    """The visitors with an IKE identity, by identity (str), and the responder's peers.
+
+    ``address(visitor)`` is the inner address the visitor gets (by CP) and
+    may use as its traffic selector: its home address, or its virtual one.
+    """
+    known: dict[str, VisitorConfig] = {}
+    peers: list[PeerConfig] = []
+    for v in visitors:
+        if v.ike_identity is None:
+            continue
+        identity = make_identity(v.ike_identity, v.ike_identity_kind)
+        known[str(identity)] = v
+        inner = address(v)
+        peers.append(PeerConfig(
+            identity, v.psk, internal_address=inner, remote_ts=(ts_host(inner),), auth=auth,
+        ))  # fmt: skip
+    return known, peers
 
 
 class RelayTerminator:
@@ -87,35 +152,20 @@ class RelayTerminator:
         self.send_home = send_home
         self.local_home = (str(cfg.address), HOME_PORT)
         self.local_clients = (cfg.listen, cfg.esp_port)
-        cert, key = load_credentials(ike.cert, ike.key)
-        anchors: tuple[x509.Certificate, ...] = ()
-        client_check: CertCheck | None = None
-        home_check: CertCheck | None = None
-        if ike.auth == "pubkey":
-            assert ike.ca_file is not None
-            try:
-                ca = pki.load_certificate(ike.ca_file.read_bytes())
-            except OSError as e:
-                raise pki.PKIError(f"cannot read {ike.ca_file}: {e.strerror}") from None
-            anchors = (ca,)
-            client_check = _cert_check(ca, "client", reactor)
-            home_check = _cert_check(ca, "server", reactor)
-        local_id = make_identity(ike.identity, ike.identity_kind)
-        suites = _suites(ike.params)
-        # Visitors, known by IKE identity (str) and by home address.
-        self.visitors: dict[str, VisitorConfig] = {}
-        self.by_address: dict[IPv4Address, VisitorConfig] = {}
-        peers: list[PeerConfig] = []
-        for v in cfg.visitors:
-            if v.ike_identity is None or v.home_address is None:
-                continue
-            identity = make_identity(v.ike_identity, v.ike_identity_kind)
-            self.visitors[str(identity)] = v
-            self.by_address[v.home_address] = v
-            peers.append(PeerConfig(
-                identity, v.psk, internal_address=v.home_address,
-                remote_ts=(ts_host(v.home_address),), auth=ike.auth,
-            ))  # fmt: skip
+        creds = relay_credentials(ike, reactor)
+        local_id, cert, key, anchors = (
+            creds.local_id, creds.certificate, creds.private_key, creds.anchors
+        )
+        suites = creds.suites
+        # Visitors, known by IKE identity (str) and by home address (the
+        # loader requires one of each in this mode).
+        self.visitors, peers = visitor_peers(
+            [v for v in cfg.visitors if v.home_address is not None], ike.auth,
+            lambda v: v.home_address or IPv4Address(0),
+        )  # fmt: skip
+        self.by_address: dict[IPv4Address, VisitorConfig] = {
+            v.home_address: v for v in self.visitors.values() if v.home_address is not None
+        }
         self.client_ike = IKEService(
             Role.RESPONDER,
             IKEConfig(
@@ -123,7 +173,7 @@ class RelayTerminator:
                 nat_t_port=cfg.esp_port, certificate=cert, private_key=key,
                 trust_anchors=anchors, **suites,
             ),
-            reactor, send_nat_t=send_clients, cert_check=client_check,
+            reactor, send_nat_t=send_clients, cert_check=creds.client_check,
             on_up=self._client_up, on_down=self._client_down,
         )  # fmt: skip
         # Home agents: one peer each; a visitor's IKE SA uses a copy whose
@@ -139,7 +189,7 @@ class RelayTerminator:
                 peer_nat_t_port=HOME_PORT, certificate=cert, private_key=key,
                 trust_anchors=anchors, **suites,
             ),
-            reactor, send_nat_t=self._send_home_ike, cert_check=home_check,
+            reactor, send_nat_t=self._send_home_ike, cert_check=creds.home_check,
             on_up=self._home_up, on_down=self._home_down, on_event=self._home_event,
         )  # fmt: skip
         self.reseal = ReSealer(clock=reactor, home_port=HOME_PORT, local_port=HOME_PORT)
@@ -366,4 +416,11 @@ class RelayTerminator:
         }
 
 
-__all__ = ["HOME_PORT", "RelayTerminator"]
+__all__ = [
+    "HOME_PORT",
+    "RelayCredentials",
+    "RelayTerminator",
+    "ca_cert_check",
+    "relay_credentials",
+    "visitor_peers",
+]
