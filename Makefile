@@ -98,7 +98,7 @@ test: deps venv
 	$(VPY) tools/runtests.py $(TESTS)
 
 demo: deps venv
-	$(VPY) -m smobility.demo
+	$(VPY) -m smobility.demo $(DEMO_ARGS)
 
 bench: deps venv
 	$(VPY) -m smobility.bench

@@ -569,10 +569,14 @@ def _events_since(status: dict[str, Any], t0: float) -> list[dict[str, Any]]:
     return [e for e in status.get("events", []) if e.get("t", 0) >= t0]
 
 
-def run(lab: Lab, work: Path) -> dict[str, Any]:
-    """The demo proper; returns the result object."""
+def run(lab: Lab, work: Path, relay_mode: str = "forward") -> dict[str, Any]:
+    """The demo proper; returns the result object.
+
+    ``relay_mode``: how the relay in V4 carries the client ("forward",
+    "terminate", or "gateway": the relay as the client's VPN gateway).
+    """
     demo = Demo(lab, work)
-    home_cfg, client_cfg = demo.write_configs(http=True, relay=True, gateway="psk")
+    home_cfg, client_cfg = demo.write_configs(http=True, relay=relay_mode, gateway="psk")
     result: dict[str, Any] = {}
     moves: list[dict[str, Any]] = []
     try:
@@ -701,8 +705,26 @@ def _timeline(result: dict[str, Any]) -> None:
              f"{m['gap_ms']:.0f} ms")  # fmt: skip
 
 
-def main() -> int:
+RELAY_MODES = ("forward", "terminate", "gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the demo in a fresh lab; print the timeline and one JSON line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m smobility.demo",
+        description="Roam a client through the namespace lab (V1, V2 behind NAT, home, V1, "
+        "V4 through the relay, V5 through the VPN gateway, V3 through HTTPS proxies, V2) "
+        "with TCP streams both ways; print a timeline and one JSON line.",
+    )
+    parser.add_argument(
+        "--relay", choices=RELAY_MODES, default="forward",
+        help="how the relay carries the client in V4: forward its own ESP (figure 6, "
+        "default), terminate it under the relay's own SAs (figures 1/3), or be its IPsec "
+        "VPN gateway (figure 7)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         _say("not root: running the loopback demo instead (the lab needs network namespaces)")
         from smobility.demo import loopback
@@ -714,7 +736,7 @@ def main() -> int:
     _say("building the lab (namespaces smob-*) ...")
     lab.up()
     try:
-        result = run(lab, work)
+        result = run(lab, work, args.relay)
     finally:
         _say("tearing the lab down ...")
         lab.down()
