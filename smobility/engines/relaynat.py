@@ -171,12 +171,8 @@ class RelayForwarder:
                     host=addr[0], port=addr[1],
                 )  # fmt: skip
             return None
-        if len(self.by_client) >= self.max_flows:
-            self.counters["dropped_table_full"] += 1
-            return None
-        port = self._free_port()
+        port = self._allocate()
         if port is None:
-            self.counters["dropped_table_full"] += 1
             return None
         flow = Flow(addr, port, owner[1], owner[0], now, self.home_port)
         self.by_client[addr] = flow
@@ -187,6 +183,13 @@ class RelayForwarder:
             visitor=owner[0], host=addr[0], cport=addr[1], port=port, ha=owner[1],
         )  # fmt: skip
         return flow
+
+    def _allocate(self) -> int | None:
+        """A relay port for a new flow; ``None`` (counted) when the table is full."""
+        port = self._free_port() if len(self.by_client) < self.max_flows else None
+        if port is None:
+            self.counters["dropped_table_full"] += 1
+        return port
 
     def _free_port(self) -> int | None:
         low, high = self.ports
@@ -312,12 +315,8 @@ class GatewayTranslator(RelayForwarder):
         if self.per_visitor.get(owner[0], 0) >= self.max_per_visitor:
             self.counters["dropped_visitor_flows"] += 1
             return None
-        if len(self.by_client) >= self.max_flows:
-            self.counters["dropped_table_full"] += 1
-            return None
-        port = self._free_port()
+        port = self._allocate()
         if port is None:
-            self.counters["dropped_table_full"] += 1
             return None
         flow = Flow((key[0], key[1]), port, home_agent, owner[0], now, key[3], key[2], key)
         self.by_client[key] = flow

@@ -61,7 +61,6 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from smobility import pki
 from smobility.engines.ike import (
     ChildSA,
     ESPSuite,
@@ -79,14 +78,15 @@ from smobility.services.dataplane import child_sas
 from smobility.services.ike_service import (
     CertCheck,
     IKEService,
-    identity_check_args,
+    ca_cert_check,
+    load_ca,
     load_credentials,
     make_identity,
 )
 from smobility.wire import ikev2
 from smobility.wire.errors import WireError
 from smobility.wire.esp import NAT_KEEPALIVE, NAT_T_PORT
-from smobility.wire.ikev2 import Identity, TrafficSelector
+from smobility.wire.ikev2 import TrafficSelector
 from smobility.wire.ipip import parse_udp_packet, udp_packet
 from smobility.wire.ipv4 import check_header, checksum
 
@@ -273,19 +273,9 @@ def gateway_ike_config(
     check: CertCheck | None = None
     if auth == "pubkey":
         assert ca_file is not None
-        try:
-            ca = pki.load_certificate(ca_file.read_bytes())
-        except OSError as e:
-            raise pki.PKIError(f"cannot read {ca_file}: {e.strerror}") from None
+        ca = load_ca(ca_file)
         anchors = (ca,)
-
-        def check(c: x509.Certificate, ident: Identity) -> str | None:
-            try:
-                pki.verify_chain(c, ca, at=clock.seconds(), usage="server")
-                pki.verify_peer_identity(c, **identity_check_args(gw_id))
-            except pki.PKIError as e:
-                return f"the gateway's certificate: {e}"
-            return None
+        check = ca_cert_check(ca, "server", clock, expected=gw_id, what="the gateway")
 
     config = IKEConfig(
         local_id=make_identity(identity, identity_kind),

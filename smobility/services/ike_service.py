@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from twisted.internet.protocol import DatagramProtocol
@@ -507,22 +507,11 @@ def client_ike_config(
     check: CertCheck | None = None
     if ike.auth == "pubkey":
         assert ike.ca_file is not None
-        try:
-            ca = pki.load_certificate(ike.ca_file.read_bytes())
-        except OSError as e:
-            raise pki.PKIError(f"cannot read {ike.ca_file}: {e.strerror}") from None
+        ca = load_ca(ike.ca_file)
         anchors = (ca,)
-
-        def check(c: x509.Certificate, identity: Identity) -> str | None:
-            # The engine checked that the CA issued it and that it names the
-            # ID the home agent sent; here: chain and the name we expect,
-            # with service_identity's rules.
-            try:
-                pki.verify_chain(c, ca, at=clock.seconds(), usage="server")
-                pki.verify_peer_identity(c, **identity_check_args(ha_id))
-            except pki.PKIError as e:
-                return f"the home agent's certificate: {e}"
-            return None
+        # The engine checked that the CA issued it and that it names the ID
+        # the home agent sent; here: chain, usage and the name we expect.
+        check = ca_cert_check(ca, "server", clock, expected=ha_id, what="the home agent")
 
     config = IKEConfig(
         local_id=make_identity(ike.identity, ike.identity_kind),
@@ -535,6 +524,44 @@ def client_ike_config(
         **ike_suites(ike.params),
     )
     return config, check
+
+
+def load_ca(path: Path) -> x509.Certificate:
+    """A CA certificate from a PEM file.
+
+    @raise pki.PKIError: it cannot be read or parsed (one sentence, naming the file).
+    """
+    try:
+        return pki.load_certificate(path.read_bytes())
+    except OSError as e:
+        raise pki.PKIError(f"cannot read {path}: {e.strerror}") from None
+
+
+def ca_cert_check(
+    ca: x509.Certificate,
+    usage: Literal["server", "client"],
+    clock: Any,
+    *,
+    expected: Identity | None = None,
+    what: str | None = None,
+) -> CertCheck:
+    """A peer certificate's check: chain to ``ca``, key usage ``usage``, and its name.
+
+    The name checked is ``expected`` (the identity we want this peer to
+    have) or, without it, the identity the peer claimed; ``what`` names the
+    peer in the reason.
+    """
+
+    def check(cert: x509.Certificate, identity: Identity) -> str | None:
+        want = expected if expected is not None else identity
+        try:
+            pki.verify_chain(cert, ca, at=clock.seconds(), usage=usage)
+            pki.verify_peer_identity(cert, **identity_check_args(want))
+        except pki.PKIError as e:
+            return f"the certificate of {what or want}: {e}"
+        return None
+
+    return check
 
 
 def home_cert_check(store: Any, clock: Any) -> CertCheck:
@@ -557,7 +584,9 @@ __all__ = [
     "client_ike_config",
     "home_cert_check",
     "home_ike_config",
+    "ca_cert_check",
     "identity_check_args",
+    "load_ca",
     "ike_suites",
     "make_identity",
 ]

@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from twisted.logger import Logger
 
-from smobility import pki
 from smobility.config import RelayConfig, RelayHomeAgentConfig, RelayIKEConfig, VisitorConfig
 from smobility.engines.ike import IKESA, ChildSA, IKEConfig, PeerConfig, Role, State, ts_host
 from smobility.engines.reseal import ReSealer
@@ -35,8 +34,9 @@ from smobility.services.dataplane import child_sas
 from smobility.services.ike_service import (
     CertCheck,
     IKEService,
-    identity_check_args,
+    ca_cert_check,
     ike_suites,
+    load_ca,
     load_credentials,
     make_identity,
 )
@@ -49,22 +49,6 @@ RETRY = 5.0
 
 SendClients = Callable[[list[tuple[bytes, tuple[str, int]]]], None]
 SendHome = Callable[[list[tuple[bytes, int, str, int]]], None]
-
-
-def ca_cert_check(
-    ca: x509.Certificate, usage: Literal["server", "client"], clock: Any
-) -> CertCheck:
-    """Chain to the home CA, the key usage of ``usage``, and the identity the peer claimed."""
-
-    def check(cert: x509.Certificate, identity: Identity) -> str | None:
-        try:
-            pki.verify_chain(cert, ca, at=clock.seconds(), usage=usage)
-            pki.verify_peer_identity(cert, **identity_check_args(identity))
-        except pki.PKIError as e:
-            return f"certificate of {identity}: {e}"
-        return None
-
-    return check
 
 
 @dataclass(frozen=True, repr=False)
@@ -95,10 +79,7 @@ def relay_credentials(ike: RelayIKEConfig, clock: Any) -> RelayCredentials:
     client_check = home_check = None
     if ike.auth == "pubkey":
         assert ike.ca_file is not None
-        try:
-            ca = pki.load_certificate(ike.ca_file.read_bytes())
-        except OSError as e:
-            raise pki.PKIError(f"cannot read {ike.ca_file}: {e.strerror}") from None
+        ca = load_ca(ike.ca_file)
         anchors = (ca,)
         client_check = ca_cert_check(ca, "client", clock)
         home_check = ca_cert_check(ca, "server", clock)
@@ -420,7 +401,6 @@ __all__ = [
     "HOME_PORT",
     "RelayCredentials",
     "RelayTerminator",
-    "ca_cert_check",
     "relay_credentials",
     "visitor_peers",
 ]
